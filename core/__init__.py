@@ -1,0 +1,1 @@
+"""The math of logitsearch: softmax, divergences, ranks and roughness (numpy/scipy/numba only)."""
