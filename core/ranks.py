@@ -25,7 +25,10 @@ class Rho:
 
 
 def _as_1d(x: Any, field: str) -> Floats:
-    a = np.asarray(x, dtype=np.float64)
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(field, f"must be a sequence of numbers ({exc})") from None
     if a.ndim != 1:
         raise InvalidInput(field, f"must be one-dimensional, got shape {a.shape}")
     if a.size < 2:

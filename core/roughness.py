@@ -20,7 +20,7 @@ Floats = npt.NDArray[np.float64]
 def index_of_coincidence(P: Any) -> Floats:
     """IC(p) = sum_i p_i^2 (eq. 16) of each probability row; float64 (n,), in [1/d, 1]."""
     A = as_rows(P, "P")
-    return np.einsum("ij,ij->i", A, A, dtype=np.float64)
+    return np.asarray(np.einsum("ij,ij->i", A, A, dtype=np.float64), dtype=np.float64)
 
 
 def roughness(P: Any) -> Floats:
@@ -46,7 +46,7 @@ def mean_roughness(X: Any, t: float) -> float:
     total = 0.0
     for s in range(0, A.shape[0], step):
         total += float(roughness(softmax(A[s : s + step], t)).sum())
-    return total / A.shape[0]
+    return total / int(A.shape[0])
 
 
 @dataclass(frozen=True)

@@ -16,19 +16,28 @@ Floats = npt.NDArray[np.float64]
 def log_softmax(X: Any, t: float = 1.0) -> Floats:
     """log softmax(x / t) of each row, float64, shape as given ((d,) or (n, d)).
 
-    Computed as x/t - logsumexp(x/t) (scipy's logsumexp subtracts the row maximum first), so it is
-    finite for logits up to +-1e4 at t = 0.01: the smallest entries are large negative numbers,
-    never log 0. Take CED's logarithms from here, never from log(softmax(...)).
+    Computed as z - logsumexp(z) with z = (x - max x) / t: the row maximum is subtracted before
+    dividing, so z carries the logit differences to full precision even when x/t itself is ~1e6
+    (logits of 1e4 at t = 0.01), and it is finite there: the smallest entries are large negative
+    numbers, never log 0. Take CED's logarithms from here, never from log(softmax(...)).
     """
     A = as_rows(X, "X")
     t = check_temperature(t, "t")
     out = np.empty(A.shape, dtype=np.float64)
     step = chunk_rows(A.shape[1])
     for s in range(0, A.shape[0], step):
-        Z = np.divide(A[s : s + step], t, dtype=np.float64)
+        Z = out[s : s + step]
+        _shifted(A[s : s + step], t, Z)
         Z -= logsumexp(Z, axis=1, keepdims=True)
-        out[s : s + step] = Z
     return out[0] if np.ndim(X) == 1 else out
+
+
+def _shifted(B: npt.NDArray[Any], t: float, Z: Floats) -> Floats:
+    """Z = (B - rowmax B) / t in float64; returns the row maxima (float64, (rows, 1))."""
+    m: Floats = B.max(axis=1, keepdims=True).astype(np.float64)
+    np.subtract(B, m, out=Z, dtype=np.float64)
+    Z /= t
+    return m
 
 
 def softmax(X: Any, t: float = 1.0) -> Floats:
@@ -45,5 +54,8 @@ def logsumexp_rows(X: Any, t: float = 1.0) -> Floats:
     out = np.empty(A.shape[0], dtype=np.float64)
     step = chunk_rows(A.shape[1])
     for s in range(0, A.shape[0], step):
-        out[s : s + step] = logsumexp(np.divide(A[s : s + step], t, dtype=np.float64), axis=1)
+        B = A[s : s + step]
+        Z = np.empty(B.shape, dtype=np.float64)
+        m = _shifted(B, t, Z)
+        out[s : s + step] = m[:, 0] / t + logsumexp(Z, axis=1)
     return out

@@ -17,16 +17,22 @@ CHUNK_BYTES = 32 * 1024 * 1024
 T_MIN, T_MAX = 1e-2, 1e4
 
 
-def chunk_rows(d: int, budget: int = CHUNK_BYTES) -> int:
-    """Rows per block so that one float64 block of width d stays within `budget` bytes."""
-    return max(1, budget // (8 * max(d, 1)))
+def chunk_rows(d: int, budget: int | None = None) -> int:
+    """Rows per block so that one float64 block of width d stays within `budget` bytes.
+
+    `budget` defaults to `CHUNK_BYTES`, read at call time (tests shrink it to exercise block edges).
+    """
+    return max(1, (CHUNK_BYTES if budget is None else budget) // (8 * max(d, 1)))
 
 
-def as_rows(X: Any, field: str = "vectors", d: int | None = None) -> npt.NDArray[np.floating[Any]]:
+def as_rows(
+    X: Any, field: str = "vectors", d: int | None = None, *, finite: bool = True
+) -> npt.NDArray[np.floating[Any]]:
     """X as a 2-D float32/float64 array (no copy when it already is one), checked.
 
     Raises InvalidInput for a non-numeric, empty, ragged or wrongly-shaped input, a width other
-    than `d`, or any NaN/inf (checked block by block, so no N x d boolean temporary).
+    than `d`, or any NaN/inf (checked block by block, so no N x d boolean temporary). With
+    finite=False the NaN/inf scan is left to the caller (a kernel that flags such rows itself).
     """
     try:
         A = np.asarray(X)
@@ -36,26 +42,35 @@ def as_rows(X: Any, field: str = "vectors", d: int | None = None) -> npt.NDArray
         raise InvalidInput(field, f"must be numbers, got dtype {A.dtype}")
     if np.issubdtype(A.dtype, np.complexfloating):
         raise InvalidInput(field, "complex numbers are not logits")
+    given = A.shape
     if A.ndim == 1:
         A = A[None, :]
     if A.ndim != 2:
         raise InvalidInput(field, f"must be a 2-D array (rows, dim), got {A.ndim} dimensions")
-    if A.shape[0] == 0 or A.shape[1] == 0:
-        raise InvalidInput(field, f"must not be empty, got shape {A.shape}")
+    if A.size == 0:
+        raise InvalidInput(field, f"must not be empty, got shape {given}")
     if d is not None and A.shape[1] != d:
         raise InvalidInput(field, f"expected dimension {d}, got {A.shape[1]}")
     if A.dtype not in (np.float32, np.float64):
         A = A.astype(np.float64)
-    check_finite(A, field)
+    if finite:
+        check_finite(A, field)
     return A
 
 
 def as_vector(q: Any, field: str = "vector", d: int | None = None) -> npt.NDArray[np.float64]:
-    """One vector as float64 (d,), checked like `as_rows`."""
-    A = np.asarray(q) if not isinstance(q, np.ndarray) else q
-    if getattr(A, "ndim", 1) not in (1,) and not (A.ndim == 2 and A.shape[0] == 1):
+    """One vector as a fresh, writable, contiguous float64 (d,) array, checked like `as_rows`.
+
+    Always a copy (d values are cheap): a read-only or strided input would otherwise make numba
+    compile another version of every kernel.
+    """
+    try:
+        A = np.asarray(q)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(field, f"not a vector of numbers ({exc})") from None
+    if A.ndim != 1 and not (A.ndim == 2 and A.shape[0] == 1):
         raise InvalidInput(field, f"must be one vector, got shape {A.shape}")
-    return np.ascontiguousarray(as_rows(A, field, d)[0], dtype=np.float64)
+    return np.array(as_rows(A, field, d)[0], dtype=np.float64, order="C", copy=True)
 
 
 def check_finite(A: npt.NDArray[Any], field: str) -> None:

@@ -1,0 +1,489 @@
+"""Which metric keeps the network's cross-entropy order: the paper's evaluation (sections 3 and 9).
+
+The reference is CED(q : p) over softmax(x/t) with the query as the first argument (eq. 2). Spearman's
+rho (eq. 8) between it and each other function says how well that function preserves the network's
+own order of the rows. Three forms:
+
+- `evaluate(..., mode="one_to_many")`: one query against many rows, the paper's main method. Every
+  metric comes from one fused pass over the rows (`core._kernels.all_logit_rows`) and CED is ranked
+  once (`core.ranks.SharedRanks`) and shared by every metric.
+- `evaluate(..., mode="many_to_many")`: all pairs i < j within the rows (the paper's `pdist` check).
+  CED and KLD are asymmetric: the pair (i, j) is scored as F(row i : row j), the EARLIER row being
+  the query, as in `core.divergences.pairwise` and scipy's condensed `pdist` order.
+- `evaluate_queries`: n random rows as queries, each against the others; rho summarised per metric
+  (mean, median, min, max, std), the paper's "repeated with many different elements" as one call.
+
+Plus `shepard_data` (the points and isotonic line of a Shepard diagram) and `roughness_guide`
+(eqs. 16-17, section 10.2: the temperature at which the mean roughness reaches a target).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import isotonic_regression
+
+from core import _kernels as K
+from core.divergences import ALL_COLUMNS
+from core.errors import InvalidInput, LimitExceeded
+from core.ranks import RankMode, Rho, SharedRanks
+from core.roughness import RoughnessTemperature, mean_roughness, roughness, temperature_for_roughness
+from core.softmax import log_softmax
+from core.validate import as_rows, as_vector, check_temperature
+
+Floats = npt.NDArray[np.float64]
+Mode = Literal["one_to_many", "many_to_many"]
+
+#: the metrics compared with CED, in the order they are reported by default
+EVAL_METRICS: tuple[str, ...] = ("euc", "cos", "tri", "jsd", "hellinger", "kld")
+
+#: rho(CED, TRI) at or above this makes TRI an exact stand-in for CED: the paper calls correlations of
+#: this size "almost perfect" (section 4), and at 0.99 a k-NN list under TRI differs from the CED list
+#: only among near-ties. A result carries the threshold it was judged by.
+TRI_EXACT_RHO = 0.99
+
+#: many_to_many scores n (n - 1) / 2 pairs at O(d) each: 1,000 rows of d = 1000 are 499,500 pairs,
+#: ~4 s per temperature on 2 cores
+MANY_TO_MANY_MAX_ROWS = 1_000
+#: evaluate_queries makes one full pass over the rows per query and temperature
+MAX_QUERIES = 100
+MAX_TEMPERATURES = 32
+
+_COLUMN = {name: i for i, name in enumerate(ALL_COLUMNS)}
+_MR = len(ALL_COLUMNS)  # the kernel's extra column: MR(p) of each row (eq. 17)
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What a temperature's rhos suggest.
+
+    best: the best-correlated metric. In one_to_many mode KLD is left out unless it is the only
+    metric: for a fixed query it is CED minus a constant (eq. 9), so its rho is 1 by construction.
+    tri_exact: rho(CED, TRI) >= `threshold`; None when TRI was not evaluated or its rho is undefined.
+    euc_beats_cos: rho(CED, EUC) > rho(CED, COS); None unless both are evaluated and defined.
+    """
+
+    best: str | None
+    tri_exact: bool | None
+    euc_beats_cos: bool | None
+    threshold: float
+    advice: str
+
+
+@dataclass(frozen=True)
+class TemperatureResult:
+    """One temperature of one evaluation.
+
+    n: values correlated (rows compared in one_to_many, pairs in many_to_many). rho: per metric,
+    NaN with a reason when undefined. ranked: metrics best-first (undefined last).
+    query_roughness: MR of softmax(query/t) (None in many_to_many); mean_roughness: mean MR of the
+    compared rows at t. seconds: wall time of this temperature.
+    """
+
+    t: float
+    n: int
+    rho: dict[str, Rho]
+    ranked: tuple[str, ...]
+    recommendation: Recommendation
+    query_roughness: float | None
+    mean_roughness: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """`evaluate`'s answer: one `TemperatureResult` per temperature, in the order asked."""
+
+    mode: Mode
+    ranks: RankMode
+    metrics: tuple[str, ...]
+    n_rows: int
+    results: tuple[TemperatureResult, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RhoSummary:
+    """rho of one metric over many queries: population statistics (std with ddof=0) of the defined
+    values; `n_defined` counts them. All NaN, with a reason, when no query gave a defined rho."""
+
+    mean: float
+    median: float
+    min: float
+    max: float
+    std: float
+    n_defined: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TemperatureSummary:
+    """One temperature of `evaluate_queries`. The recommendation is judged on the mean rhos;
+    query_roughness is the mean MR of the queries, mean_roughness the mean MR of all rows."""
+
+    t: float
+    n_queries: int
+    n: int
+    rho: dict[str, RhoSummary]
+    ranked: tuple[str, ...]
+    recommendation: Recommendation
+    query_roughness: float
+    mean_roughness: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class QueriesEvaluation:
+    """`evaluate_queries`' answer; `query_rows` are the row positions used as queries."""
+
+    ranks: RankMode
+    metrics: tuple[str, ...]
+    n_rows: int
+    query_rows: tuple[int, ...]
+    results: tuple[TemperatureSummary, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ShepardData:
+    """A Shepard diagram's points: CED (x) against the metric (y) for a sample of the compared rows,
+    sorted by CED, with the isotonic regression of the metric on CED (fitted on ALL compared rows)
+    and rho over all `n` rows."""
+
+    metric: str
+    t: float
+    ced: Floats
+    values: Floats
+    fitted: Floats
+    rho: Rho
+    n: int
+
+
+@dataclass(frozen=True)
+class RoughnessGuide:
+    """Guidance for picking t (section 10.2): the temperature reaching `target` mean MR (if asked)
+    and the mean MR at each given temperature, over `n` rows."""
+
+    n: int
+    target: RoughnessTemperature | None
+    at: tuple[tuple[float, float], ...]
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def check_metrics(metrics: Sequence[str] | str | None, field: str = "metrics") -> tuple[str, ...]:
+    """The metrics to compare with CED (default `EVAL_METRICS`), duplicates dropped, order kept."""
+    if metrics is None:
+        return EVAL_METRICS
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names:
+        raise InvalidInput(field, f"must name at least one metric; known: {', '.join(EVAL_METRICS)}")
+    for name in names:
+        if name == "ced":
+            raise InvalidInput(field, "ced is the reference every metric is compared with; "
+                               f"choose from {', '.join(EVAL_METRICS)}")
+        if not isinstance(name, str) or name not in EVAL_METRICS:
+            raise InvalidInput(field, f"unknown metric {name!r}; known: {', '.join(EVAL_METRICS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def check_temperatures(temperatures: Any, field: str = "temperatures") -> tuple[float, ...]:
+    """One temperature or a sweep, each finite, > 0 and within core's stable range; duplicates
+    dropped, order kept; at most `MAX_TEMPERATURES`."""
+    if isinstance(temperatures, np.ndarray):
+        values = list(temperatures.ravel())
+    elif isinstance(temperatures, (list, tuple)):
+        values = list(temperatures)
+    else:
+        values = [temperatures]
+    if not values:
+        raise InvalidInput(field, "must give at least one temperature")
+    if len(values) > MAX_TEMPERATURES:
+        raise LimitExceeded(field, f"at most {MAX_TEMPERATURES} temperatures, got {len(values)}")
+    return tuple(dict.fromkeys(check_temperature(t, field) for t in values))
+
+
+def _check_choice(value: Any, field: str, known: tuple[str, ...]) -> Any:
+    if value not in known:
+        raise InvalidInput(field, f"unknown {field} {value!r}; known: {', '.join(known)}")
+    return value
+
+
+def _check_row(index: Any, n: int, field: str) -> int:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < n:
+        raise InvalidInput(field, f"must be a row number in [0, {n}), got {index!r}")
+    return int(index)
+
+
+# --- the computation ------------------------------------------------------------------------------
+
+
+def _columns(xv: Floats, A: npt.NDArray[Any], t: float, out: Floats | None = None) -> Floats:
+    """(n, 8): `ALL_COLUMNS` of query logits xv against each row of A at t, then MR of each row.
+
+    `core.divergences.all_logits` plus the roughness column, from the same single pass; inputs are
+    checked once by the caller (many_to_many calls this n times on slices of one checked array).
+    """
+    logq = log_softmax(xv, t)
+    if out is None:
+        out = np.empty((A.shape[0], _MR + 1), dtype=np.float64)
+    K.all_logit_rows(xv, np.exp(logq), logq, A, 1.0 / t, out)
+    return out
+
+
+def _same_order(ref_sorted: Floats, values: Floats, order: npt.NDArray[np.intp]) -> bool:
+    """True when `values` orders the rows exactly as the reference does, ties included: then their
+    average ranks are identical and rho is exactly 1 (KLD for a fixed query, eq. 9), which the
+    floating-point Pearson formula would only reach to within an ulp or two."""
+    v = values[order]
+    dv = np.diff(v)
+    return bool(np.all(dv >= 0) and np.array_equal(dv > 0, np.diff(ref_sorted) > 0))
+
+
+_OVERFLOW = "non-finite values: logits too large for float64 arithmetic (core is stable up to |x| ~ 1e4)"
+
+
+def _rhos(C: Floats, metrics: tuple[str, ...], ranks: RankMode) -> dict[str, Rho]:
+    ref = np.ascontiguousarray(C[:, 0])
+    if not np.isfinite(ref).all():
+        return {name: Rho(math.nan, _OVERFLOW) for name in metrics}
+    shared = SharedRanks(ref, ranks)  # CED ranked once for every metric
+    order = np.argsort(ref)  # any order of tied values will do for _same_order
+    ref_sorted = ref[order]
+    out: dict[str, Rho] = {}
+    for name in metrics:
+        values = np.ascontiguousarray(C[:, _COLUMN[name]])
+        if not np.isfinite(values).all():
+            out[name] = Rho(math.nan, _OVERFLOW)
+        elif ref_sorted[0] != ref_sorted[-1] and _same_order(ref_sorted, values, order):
+            out[name] = Rho(1.0)
+        else:
+            out[name] = shared.rho(values)
+    return out
+
+
+def _ranked(values: dict[str, float]) -> tuple[str, ...]:
+    defined = [m for m in values if not math.isnan(values[m])]
+    undefined = [m for m in values if math.isnan(values[m])]
+    return tuple(sorted(defined, key=lambda m: -values[m])) + tuple(undefined)
+
+
+def _recommend(values: dict[str, float], mode: Mode, t: float) -> Recommendation:
+    ranked = [m for m in _ranked(values) if not math.isnan(values[m])]
+    candidates = [m for m in ranked if not (mode == "one_to_many" and m == "kld")] or ranked
+    best = candidates[0] if candidates else None
+    tri = values.get("tri", math.nan)
+    tri_exact = None if math.isnan(tri) else bool(tri >= TRI_EXACT_RHO)
+    euc, cos = values.get("euc", math.nan), values.get("cos", math.nan)
+    euc_beats_cos = None if math.isnan(euc) or math.isnan(cos) else bool(euc > cos)
+    parts = []
+    if best is None:
+        parts.append(f"at t={t:g} no metric has a defined rank correlation with CED")
+    else:
+        parts.append(f"at t={t:g}, {best} keeps CED's order best (rho {values[best]:.4f})")
+    if tri_exact is not None:
+        verdict = "is" if tri_exact else "is not"
+        parts.append(f"tri {verdict} an exact stand-in for CED (rho {tri:.4f}, threshold {TRI_EXACT_RHO})")
+    if euc_beats_cos is not None:
+        parts.append(f"euc {'beats' if euc_beats_cos else 'does not beat'} cos ({euc:.4f} vs {cos:.4f})")
+    return Recommendation(best, tri_exact, euc_beats_cos, TRI_EXACT_RHO, "; ".join(parts))
+
+
+def _result(t: float, C: Floats, metrics: tuple[str, ...], ranks: RankMode, mode: Mode,
+            query_mr: float | None, mean_mr: float, started: float) -> TemperatureResult:
+    rho = _rhos(C, metrics, ranks)
+    values = {m: r.value for m, r in rho.items()}
+    return TemperatureResult(t=t, n=C.shape[0], rho=rho, ranked=_ranked(values),
+                             recommendation=_recommend(values, mode, t), query_roughness=query_mr,
+                             mean_roughness=mean_mr, seconds=time.perf_counter() - started)
+
+
+def _query_roughness(xv: Floats, t: float) -> float:
+    return float(roughness(np.exp(log_softmax(xv, t))[None, :])[0])
+
+
+def _pairs(A: npt.NDArray[Any], t: float) -> Floats:
+    """(n (n-1) / 2, 8) columns of every pair i < j, row i the query, in scipy's `pdist` order."""
+    n = A.shape[0]
+    C = np.empty((n * (n - 1) // 2, _MR + 1), dtype=np.float64)
+    start = 0
+    for i in range(n - 1):
+        stop = start + n - 1 - i
+        _columns(np.ascontiguousarray(A[i], dtype=np.float64), A[i + 1 :], t, C[start:stop])
+        start = stop
+    return C
+
+
+def _compared_count(n: int, exclude: int | None) -> int:
+    m = n - (exclude is not None)
+    if m < 2:
+        raise InvalidInput("sample", f"needs at least 2 points to compare with the query, got {m}")
+    return m
+
+
+def _rows(X: Any) -> npt.NDArray[Any]:
+    # C order: the kernel then compiles for two layouts only (float32 and float64 rows)
+    return np.ascontiguousarray(as_rows(X, "vectors"))
+
+
+def _the_query(A: npt.NDArray[Any], query: Any, exclude: int | None, what: str) -> tuple[Floats, int | None]:
+    """(query logits, row to leave out): `query` if given, else row `exclude` of A."""
+    ex = None if exclude is None else _check_row(exclude, A.shape[0], "exclude")
+    if query is None:
+        if ex is None:
+            raise InvalidInput("query", f"{what} needs a query: a stored id or a vector")
+        xv = np.ascontiguousarray(A[ex], dtype=np.float64)
+    else:
+        xv = as_vector(query, "vector", A.shape[1])
+    _compared_count(A.shape[0], ex)
+    return xv, ex
+
+
+def _compared_columns(xv: Floats, A: npt.NDArray[Any], t: float, exclude: int | None) -> Floats:
+    C = _columns(xv, A, t)
+    return C if exclude is None else np.delete(C, exclude, axis=0)
+
+
+def evaluate(X: Any, temperatures: Any, *, query: Any = None, exclude: int | None = None,
+             metrics: Sequence[str] | str | None = None, mode: Mode = "one_to_many",
+             ranks: RankMode = "average") -> Evaluation:
+    """Spearman's rho of CED(q : p) at each temperature against each metric (paper sections 3, 9).
+
+    X: (n, d) logits (float32 or float64). one_to_many: `query` is the query's logits (d,); if it is
+    None, row `exclude` of X is the query. Row `exclude` (a stored query's own row) is left out of
+    the compared set either way. many_to_many: no query; all n (n - 1) / 2 pairs, the earlier row
+    first, n <= `MANY_TO_MANY_MAX_ROWS`. ranks: "average" (scipy's, for ties) or "paper" (the MATLAB
+    tie-breaking of `core.ranks.paper_ranks`, CED first). euc and cos use the raw logits; the other
+    metrics softmax(x/t). Raises InvalidInput naming the field for bad input.
+    """
+    started = time.perf_counter()
+    _check_choice(mode, "mode", ("one_to_many", "many_to_many"))
+    _check_choice(ranks, "ranks", ("average", "paper"))
+    names = check_metrics(metrics)
+    ts = check_temperatures(temperatures)
+    A = _rows(X)
+    n = A.shape[0]
+    results: list[TemperatureResult] = []
+    if mode == "many_to_many":
+        if query is not None or exclude is not None:
+            raise InvalidInput("query", "many_to_many compares all pairs within the sample and takes no query")
+        if n < 2:
+            raise InvalidInput("sample", f"many_to_many needs at least 2 points, got {n}")
+        if n > MANY_TO_MANY_MAX_ROWS:
+            raise LimitExceeded("sample", f"many_to_many compares at most {MANY_TO_MANY_MAX_ROWS} points "
+                                f"({MANY_TO_MANY_MAX_ROWS * (MANY_TO_MANY_MAX_ROWS - 1) // 2} pairs), got {n}")
+        for t in ts:
+            t0 = time.perf_counter()
+            C = _pairs(A, t)
+            results.append(_result(t, C, names, ranks, mode, None, mean_roughness(A, t), t0))
+        return Evaluation(mode, ranks, names, n, tuple(results), time.perf_counter() - started)
+
+    xv, ex = _the_query(A, query, exclude, "one_to_many")
+    for t in ts:
+        t0 = time.perf_counter()
+        C = _compared_columns(xv, A, t, ex)
+        results.append(_result(t, C, names, ranks, mode, _query_roughness(xv, t),
+                               float(C[:, _MR].mean()), t0))
+    return Evaluation(mode, ranks, names, n - (ex is not None), tuple(results), time.perf_counter() - started)
+
+
+def _summary(values: list[float]) -> RhoSummary:
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
+    if v.size == 0:
+        nan = float("nan")
+        return RhoSummary(nan, nan, nan, nan, nan, 0, "rank correlation undefined for every query")
+    return RhoSummary(float(v.mean()), float(np.median(v)), float(v.min()), float(v.max()),
+                      float(v.std()), int(v.size))
+
+
+def evaluate_queries(X: Any, temperatures: Any, *, n_queries: int, seed: int = 0,
+                     metrics: Sequence[str] | str | None = None,
+                     ranks: RankMode = "average") -> QueriesEvaluation:
+    """`n_queries` distinct random rows of X (seeded) each evaluated one_to_many against all other
+    rows; rho summarised per metric and temperature. Cost: one pass over X per query and t."""
+    started = time.perf_counter()
+    _check_choice(ranks, "ranks", ("average", "paper"))
+    names = check_metrics(metrics)
+    ts = check_temperatures(temperatures)
+    A = _rows(X)
+    n = A.shape[0]
+    if isinstance(n_queries, bool) or not isinstance(n_queries, (int, np.integer)) or n_queries < 1:
+        raise InvalidInput("queries.sample", f"must be a whole number >= 1, got {n_queries!r}")
+    if n_queries > MAX_QUERIES:
+        raise LimitExceeded("queries.sample", f"at most {MAX_QUERIES} queries, got {n_queries}")
+    if n_queries > n:
+        raise InvalidInput("queries.sample", f"{n_queries} queries but only {n} points to draw them from")
+    _compared_count(n, 0)
+    rows = np.random.default_rng(seed).choice(n, size=int(n_queries), replace=False)
+    results: list[TemperatureSummary] = []
+    for t in ts:
+        t0 = time.perf_counter()
+        per_metric: dict[str, list[float]] = {m: [] for m in names}
+        query_mr: list[float] = []
+        mean_mr = math.nan
+        for r in rows:
+            xv = np.ascontiguousarray(A[r], dtype=np.float64)
+            C = _columns(xv, A, t)
+            mean_mr = float(C[:, _MR].mean())
+            query_mr.append(float(C[r, _MR]))
+            for m, rho in _rhos(np.delete(C, r, axis=0), names, ranks).items():
+                per_metric[m].append(rho.value)
+        summaries = {m: _summary(v) for m, v in per_metric.items()}
+        means = {m: s.mean for m, s in summaries.items()}
+        results.append(TemperatureSummary(
+            t=t, n_queries=len(rows), n=n - 1, rho=summaries, ranked=_ranked(means),
+            recommendation=_recommend(means, "one_to_many", t), query_roughness=float(np.mean(query_mr)),
+            mean_roughness=mean_mr, seconds=time.perf_counter() - t0))
+    return QueriesEvaluation(ranks, names, n, tuple(int(r) for r in rows), tuple(results),
+                             time.perf_counter() - started)
+
+
+def shepard_data(X: Any, t: float, metric: str, *, query: Any = None, exclude: int | None = None,
+                 max_points: int = 10_000, seed: int = 0, ranks: RankMode = "average") -> ShepardData:
+    """The points of a Shepard diagram (section 3): CED(q : p) against `metric` for the rows of X.
+
+    The isotonic (non-decreasing) regression of the metric on CED is fitted on all compared rows by
+    `scipy.optimize.isotonic_regression` (pool adjacent violators); at most `max_points` rows, drawn
+    uniformly with `seed`, are returned for plotting. Query and `exclude` as in `evaluate`.
+    """
+    _check_choice(ranks, "ranks", ("average", "paper"))
+    if not isinstance(metric, str):
+        raise InvalidInput("metric", f"must be one metric name, got {metric!r}")
+    name = check_metrics([metric], "metric")[0]
+    (tt,) = check_temperatures(t, "temperature")
+    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 2:
+        raise InvalidInput("max_points", f"must be a whole number >= 2, got {max_points!r}")
+    A = _rows(X)
+    xv, ex = _the_query(A, query, exclude, "a Shepard diagram")
+    C = _compared_columns(xv, A, tt, ex)
+    n = C.shape[0]
+    rho = _rhos(C, (name,), ranks)[name]
+    ced, values = C[:, 0], C[:, _COLUMN[name]]
+    order = np.argsort(ced, kind="stable")
+    fitted = np.empty(n)
+    fitted[order] = isotonic_regression(values[order], increasing=True).x
+    keep = np.arange(n) if n <= max_points else np.random.default_rng(seed).choice(n, max_points, replace=False)
+    keep = keep[np.argsort(ced[keep], kind="stable")]
+    return ShepardData(name, tt, ced[keep], values[keep], fitted[keep], rho, n)
+
+
+def roughness_guide(X: Any, *, target: float | None = None, temperatures: Any = None) -> RoughnessGuide:
+    """The temperature at which the mean MR of the rows reaches `target` (section 10.2 suggests
+    exploring down to MR ~ 1e-6; `core.roughness.temperature_for_roughness`, t to 1e-6 relative) and
+    the mean MR at each of `temperatures`. At least one of the two must be given."""
+    ts = () if temperatures is None or np.size(temperatures) == 0 else check_temperatures(temperatures)
+    if target is None and not ts:
+        raise InvalidInput("target", "give a target roughness, temperatures, or both")
+    A = _rows(X)
+    found = None if target is None else temperature_for_roughness(A, target)
+    return RoughnessGuide(A.shape[0], found, tuple((t, mean_roughness(A, t)) for t in ts))
