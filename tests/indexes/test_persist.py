@@ -1,0 +1,133 @@
+"""Snapshots: save/load round trips, atomic replacement, damaged or foreign directories (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from core.errors import StorageError
+from indexes import persist
+from indexes.knn import IndexSet, IndexSpec
+
+SPECS = [IndexSpec("euc"), IndexSpec("cos", kind="ivf", params={"nlist": 2, "nprobe": 1}),
+         IndexSpec("tri", 10.0), IndexSpec("ced", 0.5, "hnsw"), IndexSpec("tri", 100.0, "hnsw")]
+QUERIES = [("euc", None, None), ("cos", None, "ivf"), ("tri", 10.0, None), ("ced", 0.5, "hnsw"),
+           ("tri", 100.0, "hnsw")]
+
+
+def _filled(rng, n=200, d=9):
+    iset = IndexSet(d, SPECS)
+    iset.upsert(np.arange(n) * 5, rng.normal(0, 3, (n, d)), seq=4)
+    iset.remove(np.arange(0, 50) * 5, seq=5)  # leaves tombstones in the hnsw indexes
+    return iset
+
+
+def _answers(iset, Q):
+    return [(h.ids.tolist(), h.distances.tolist(), h.how)
+            for metric, t, kind in QUERIES for h in iset.search(metric, Q, 7, temperature=t, kind=kind)]
+
+
+def test_save_then_load_gives_identical_answers(rng, tmp_path):
+    iset = _filled(rng)
+    Q = rng.normal(0, 3, (5, 9))
+    iset.save(tmp_path / "snap")
+    back = IndexSet.load(tmp_path / "snap")
+    assert (back.dim, back.count, back.last_seq) == (9, 150, 5)
+    assert back.specs() == iset.specs()
+    assert _answers(back, Q) == _answers(iset, Q)
+    np.testing.assert_array_equal(back.vectors(iset.all_ids()), iset.vectors(iset.all_ids()))
+    back.upsert([1], Q[:1], seq=6)  # a loaded set keeps working
+    assert back.search("tri", Q[0], 1, temperature=10.0)[0].ids[0] == 1
+
+
+def test_saving_again_replaces_the_snapshot_and_leaves_no_debris(rng, tmp_path):
+    iset = _filled(rng)
+    iset.save(tmp_path / "snap")
+    iset.upsert([3], rng.normal(size=(1, 9)), seq=9)
+    iset.save(tmp_path / "snap")
+    assert IndexSet.load(tmp_path / "snap").last_seq == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap"]
+
+
+def test_a_crash_while_writing_keeps_the_last_good_copy(rng, tmp_path, monkeypatch):
+    iset = _filled(rng)
+    iset.save(tmp_path / "snap")
+    iset.upsert([3], rng.normal(size=(1, 9)), seq=9)
+
+    def crash(self, name, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(persist._Writer, "blob", crash)
+    with pytest.raises(StorageError, match="No space left"):
+        iset.save(tmp_path / "snap")
+    assert IndexSet.load(tmp_path / "snap").last_seq == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap"]
+
+
+def test_a_crash_between_the_two_renames_loads_the_newest_complete_copy(rng, tmp_path):
+    iset = _filled(rng)
+    iset.save(tmp_path / "snap")
+    os.rename(tmp_path / "snap", tmp_path / ".snap.old-1")  # as if killed right after this rename
+    iset.upsert([3], rng.normal(size=(1, 9)), seq=9)
+    iset.save(tmp_path / "new")
+    os.rename(tmp_path / "new", tmp_path / ".snap.tmp-2")
+    assert IndexSet.load(tmp_path / "snap").last_seq == 9
+    iset.save(tmp_path / "snap")  # the next save tidies up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap"]
+
+
+@pytest.mark.parametrize("victim", ["rows.npy", "ids.npy", "ced-t0.5-hnsw.faiss", "tri-t100-hnsw.alive.npy"])
+def test_a_damaged_file_is_a_storage_error(rng, tmp_path, victim):
+    _filled(rng).save(tmp_path / "snap")
+    path = tmp_path / "snap" / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="damaged"):
+        IndexSet.load(tmp_path / "snap")
+
+
+def test_a_truncated_or_missing_file_is_a_storage_error(rng, tmp_path):
+    _filled(rng).save(tmp_path / "snap")
+    (tmp_path / "snap" / "rows.npy").write_bytes(b"")
+    with pytest.raises(StorageError):
+        IndexSet.load(tmp_path / "snap")
+    (tmp_path / "snap" / "rows.npy").unlink()
+    with pytest.raises(StorageError, match="missing"):
+        IndexSet.load(tmp_path / "snap")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: "{not json",
+    lambda m: json.dumps({**m, "format": "something-else"}),
+    lambda m: json.dumps({**m, "version": 99}),
+    lambda m: json.dumps({**m, "count": m["count"] + 1}),
+    lambda m: json.dumps({**m, "dim": 10}),
+    lambda m: json.dumps({**m, "specs": [{"metric": "tri"}]}),
+    lambda m: json.dumps({k: v for k, v in m.items() if k != "files"}),
+])
+def test_a_damaged_or_foreign_manifest_is_a_storage_error(rng, tmp_path, edit):
+    _filled(rng).save(tmp_path / "snap")
+    manifest = tmp_path / "snap" / "manifest.json"
+    manifest.write_text(edit(json.loads(manifest.read_text())))
+    with pytest.raises(StorageError):
+        IndexSet.load(tmp_path / "snap")
+
+
+def test_missing_or_foreign_directories_are_storage_errors(tmp_path):
+    with pytest.raises(StorageError):
+        IndexSet.load(tmp_path / "nothing-here")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text(json.dumps({"name": "a qdrant collection"}))
+    with pytest.raises(StorageError, match="no logitsearch"):
+        IndexSet.load(tmp_path / "other")
+
+
+def test_an_empty_set_round_trips(tmp_path):
+    IndexSet(4, [IndexSpec("tri", 1.0), IndexSpec("euc", kind="hnsw")]).save(tmp_path / "e")
+    back = IndexSet.load(tmp_path / "e")
+    assert back.count == 0 and len(back.specs()) == 2
+    assert len(back.search("euc", np.ones(4), 3)[0].ids) == 0
