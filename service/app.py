@@ -1,20 +1,96 @@
-"""create_app(settings): the FastAPI application."""
+"""create_app(settings): the FastAPI application, its routers, problem handlers and lifespan."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio.to_thread
+from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.auth import install_auth
+from service.backend import Backend
+from service.limits import install_limits, problem_response
+from service.observability import install_observability
+from service.problems import install_problem_handlers
+from service.routes import collections, evaluate, health, points, search
 from service.settings import Settings, load_settings
+
+#: bodies of these types are streamed by their route; every other body is read whole
+STREAMED_TYPES = ("application/octet-stream", "application/x-npy", "multipart/form-data")
+
+
+class _WholeBodyLimit:
+    """Bodies that are read whole (JSON) get the tighter `max_json_bytes` bound: parsed, they take
+    several times their size in Python objects. Streamed .npy uploads are bounded by max_body_bytes
+    only (service.limits). A declared length over the limit is answered at once; a chunked body is
+    cut at the limit while FastAPI reads it (HTTPException out of `receive` reaches our handler)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def _reason(self) -> str:
+        return (f"a JSON body may have at most {self.limit} bytes (LOGITSEARCH_MAX_JSON_BYTES); send more points "
+                "in several requests, or a .npy file to …/points/bulk")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if headers.get("content-type", "").split(";")[0].strip().lower() in STREAMED_TYPES:
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            reason = self._reason()
+            await problem_response(413, reason, errors=[{"field": "body", "reason": reason}])(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, self._reason())
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for `settings` (default: from the environment, as `uvicorn --factory` calls it)."""
     settings = settings or load_settings()
-    app = FastAPI(title="logitsearch", version="0.1.0",
-                  description="Similarity search over logit embeddings")
+    backend = Backend(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Opening SQLite is quick; the collections load in a background thread (/readyz says when).
+        await anyio.to_thread.run_sync(backend.open)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(backend.close)
+
+    app = FastAPI(title="logitsearch", version="0.1.0", lifespan=lifespan,
+                  description="Similarity search over logit embeddings: k-NN by TRI, CED, EUC and COS, "
+                              "with evidence for which metric keeps the network's cross-entropy order.")
     app.state.settings = settings
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.state.backend = backend
+    install_problem_handlers(app)
+    for module in (health, collections, points, search, evaluate):
+        # Flat on the app, not app.include_router: this FastAPI nests included routers in one
+        # _IncludedRouter, and auth and observability look each route up by its own path template.
+        app.router.routes.extend(module.router.routes)
+    # add_middleware puts each one outside the previous: observability sees every answer, auth
+    # answers before any body is read, then the body limits.
+    app.add_middleware(_WholeBodyLimit, limit=settings.max_json_bytes)
+    install_limits(app, settings)
+    install_auth(app, settings)
+    install_observability(app, settings)
     return app

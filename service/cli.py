@@ -1,31 +1,259 @@
-"""The `logitsearch` command line."""
+"""The `logitsearch` command line: serve, ingest, search, collections, evaluate."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
-from typing import Sequence
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from core.errors import InvalidInput
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.auth import check_binding
     from service.settings import load_settings
 
     try:
         settings = load_settings({"host": args.host, "port": args.port, "data_dir": args.data_dir,
-                                  "log_level": args.log_level})
+                                  "log_level": args.log_level,
+                                  "allow_unauthenticated": args.allow_unauthenticated or None})
+        binding = check_binding(settings)
     except InvalidInput as exc:
         print(f"logitsearch: {exc}", file=sys.stderr)
         return 2
     print("logitsearch configuration: " + json.dumps(settings.redacted(), sort_keys=True), flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=10)
+    print(f"logitsearch: {binding}", flush=True)
+    # uvicorn drains requests and runs the lifespan (index snapshots) on SIGTERM, then re-raises the
+    # signal; end with exit status 0 instead, so `docker stop` and systemd record a clean stop.
+    signal.signal(signal.SIGTERM, _stopped)
+    # log_config=None, access_log=False: service.observability writes every log line as JSON, one per request
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=10, log_config=None, access_log=False)
     return 0
+
+
+# --- client commands -------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain fixed-width table; numbers right-aligned."""
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(r[i]) for r in rows) and bool(rows) for i in range(len(headers))]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)).rstrip()
+
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import Client
+
+    return Client(args.url, api_key=args.api_key)
+
+
+def _point_id(raw: str, id_type: str) -> int | str:
+    if id_type == "str":
+        return raw
+    if id_type == "int" or (raw.isdigit() and raw.isascii() and (raw == "0" or raw[0] != "0")):
+        return int(raw)
+    return raw
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    path = Path(args.file)
+    try:
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        print(f"logitsearch: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if X.ndim != 2:
+        print(f"logitsearch: {path} must hold a 2-D array (rows, dim), not shape {X.shape}", file=sys.stderr)
+        return 2
+    ids = None
+    if args.ids:
+        lines = Path(args.ids).read_text(encoding="utf-8").splitlines()
+        try:
+            ids = [int(v) for v in lines] if args.id_type == "int" else lines
+        except ValueError as exc:
+            print(f"logitsearch: {args.ids}: {exc} (--id-type int needs integers)", file=sys.stderr)
+            return 2
+        if len(ids) != X.shape[0]:
+            print(f"logitsearch: {args.ids} has {len(ids)} ids for {X.shape[0]} rows", file=sys.stderr)
+            return 2
+    with _client(args) as client:
+        if args.create:
+            client.create_collection(args.name, int(X.shape[1]), metrics=args.metrics, temperatures=args.temperatures,
+                                     kind=args.kind)
+        started = time.perf_counter()
+        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"ingest {args.name}",
+                  disable=args.quiet, file=sys.stderr) as bar:
+            result = client.upload_npy(args.name, path, ids=ids, start=args.start, wait=not args.no_wait,
+                                       progress=bar.update)
+        seconds = time.perf_counter() - started
+    rate = result["count"] / seconds if seconds > 0 else float("inf")
+    print(f"ingested {result['count']:,} points into {args.name!r} in {seconds:.2f} s ({rate:,.0f} points/s); "
+          f"operation {result['operation_id']}: {result['status']}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    vector = None
+    if args.vector_file:
+        Q = np.load(args.vector_file, allow_pickle=False)
+        vector = Q if Q.ndim == 1 else Q[args.row]
+    with _client(args) as client:
+        hits = client.search(args.name, vector, id=None if args.id is None else _point_id(args.id, args.id_type),
+                             k=args.k, metric=args.metric, temperature=args.temperature, kind=args.kind,
+                             exact=args.exact, with_payload=True)
+    if args.json:
+        print(json.dumps({"ids": hits.ids, "distances": hits.distances.tolist(), "payloads": hits.payloads,
+                          "metric": hits.metric, "temperature": hits.temperature, "how": hits.how}))
+        return 0
+    t = "" if hits.temperature is None else f" at t = {hits.temperature:g}"
+    print(f"{hits.metric}{t}: {hits.formula}")
+    print(f"index {hits.index}, {hits.how}, {hits.took_ms:.2f} ms; distances: {hits.units}, smaller is nearer\n")
+    rows = []
+    for rank, (pid, d, payload) in enumerate(zip(hits.ids, hits.distances.tolist(), hits.payloads or []), 1):
+        text = "" if payload is None else json.dumps(payload, ensure_ascii=False)
+        rows.append([rank, pid, f"{d:.6g}", text[:60] + ("…" if len(text) > 60 else "")])
+    print(_table(["rank", "id", "distance", "payload"], rows))
+    return 0
+
+
+def _collections(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        found = client.collections()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("no collections (create one with `logitsearch ingest NAME file.npy --create`)")
+        return 0
+    rows = []
+    for c in found:
+        ready = sum(i["status"] == "ready" for i in c["indexes"])
+        building = [f"{i['id']} {100 * i['progress']:.0f}%" for i in c["indexes"] if i["status"] == "building"]
+        rows.append([c["name"], c["dim"], c["count"], ",".join(c["metrics"]),
+                     ",".join(f"{t:g}" for t in c["temperatures"]) or "-", c["index"]["kind"],
+                     f"{ready}/{len(c['indexes'])}" + (f" (building {', '.join(building)})" if building else ""),
+                     c["status"]])
+    print(_table(["name", "dim", "points", "metrics", "temperatures", "kind", "indexes ready", "status"], rows))
+    return 0
+
+
+def _rho_cell(r: dict[str, Any] | None) -> str:
+    return "n/a" if r is None or r.get("value") is None else f"{r['value']:.4f}"
+
+
+def _summary_cell(s: dict[str, Any] | None) -> str:
+    if s is None or s.get("mean") is None:
+        return "n/a"
+    return f"{s['mean']:.4f} ±{s['std']:.4f} (min {s['min']:.4f})"
+
+
+def _yes_no(v: bool | None) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+def _evaluation_report(result: dict[str, Any]) -> str:
+    """The table the `evaluate` command prints: rho per metric (rows) and temperature (columns)."""
+    per_t = result["summary"] if result.get("summary") is not None else result["results"]
+    many = result.get("summary") is not None
+    heads = ["metric"] + [f"t={r['temperature']:g}" for r in per_t]
+    rows: list[list[Any]] = []
+    for m in result["metrics"]:
+        rows.append([m] + [(_summary_cell if many else _rho_cell)(r["rho"].get(m)) for r in per_t])
+    rows.append(["n compared" + (" (pairs)" if result["mode"] == "many_to_many" else "")] + [r["n"] for r in per_t])
+    mr = [f"{r['query_roughness']:.3g}" if r.get("query_roughness") is not None else "-" for r in per_t]
+    rows.append(["MR query" + (" (mean)" if many else "")] + mr)
+    rows.append(["MR rows (mean)"] + [f"{r['mean_roughness']:.3g}" for r in per_t])
+    rows.append(["best"] + [r["recommendation"]["best"] or "-" for r in per_t])
+    rows.append(["tri exact"] + [_yes_no(r["recommendation"]["tri_exact"]) for r in per_t])
+    rows.append(["euc > cos"] + [_yes_no(r["recommendation"]["euc_beats_cos"]) for r in per_t])
+    sample = result["sample"]
+    drawn = (f"a uniform sample of {sample['size']:,} of {sample['of']:,} points (seed {sample['seed']})"
+             if sample["sampled"] else f"the whole collection ({sample['of']:,} points)")
+    query = result["query"]
+    if "ids" in query:
+        what = f"{len(query['ids'])} random stored queries (mean ±std, min over them)"
+    elif "id" in query:
+        what = f"query id {query['id']!r}"
+    elif "vector" in query:
+        what = "the query vector"
+    else:
+        what = "all pairs within the sample, the earlier row as CED's query"
+    lines = [f"Spearman's rho against CED(q : p) over softmax(x/t), {result['mode']}, ranks {result['ranks']}",
+             f"{what}; compared with {drawn}", "", _table(heads, rows), ""]
+    lines += [r["recommendation"]["advice"] for r in per_t]
+    lines.append(f"\n{result['seconds']:.2f} s; tri exact means rho >= "
+                 f"{per_t[0]['recommendation']['threshold']} (a stand-in for CED at that t)")
+    return "\n".join(lines)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    vector = None
+    if args.vector_file:
+        Q = np.load(args.vector_file, allow_pickle=False)
+        vector = Q if Q.ndim == 1 else Q[args.row]
+    pid = None if args.id is None else _point_id(args.id, args.id_type)
+    if args.plot and pid is None and vector is None:
+        print("logitsearch: --plot draws one query: give --id or --vector-file", file=sys.stderr)
+        return 2
+    with _client(args) as client:
+        result = client.evaluate(args.name, vector, id=pid, temperatures=args.temperatures, metrics=args.metrics,
+                                 sample=args.sample, seed=args.seed, mode=args.mode, ranks=args.ranks,
+                                 queries=args.queries, queries_seed=args.seed)
+        written = []
+        if args.plot:
+            out = Path(args.plot)
+            for t in args.temperatures:
+                path = out if len(args.temperatures) == 1 else out.with_name(f"{out.stem}_t{t:g}{out.suffix}")
+                client.shepard(args.name, vector, id=pid, temperature=t, metric=args.metric, sample=args.sample,
+                               seed=args.seed, ranks=args.ranks, path=path)
+                written.append(f"wrote {path}: Shepard diagram of CED vs {args.metric} at t = {t:g}")
+    print(json.dumps(result, indent=2) if args.json else _evaluation_report(result))
+    for line in written:
+        print(line)
+    return 0
+
+
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("LOGITSEARCH_URL", "http://127.0.0.1:6340"),
+                   help="server address (LOGITSEARCH_URL, default http://127.0.0.1:6340)")
+    p.add_argument("--api-key", default=os.environ.get("LOGITSEARCH_API_KEY"),
+                   help="API key (LOGITSEARCH_API_KEY)")
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +264,106 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (LOGITSEARCH_PORT, default 6340)")
     serve.add_argument("--data-dir", help="data directory (LOGITSEARCH_DATA_DIR, default ./logitsearch-data)")
     serve.add_argument("--log-level", help="debug, info, warning, error (LOGITSEARCH_LOG_LEVEL)")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve a non-loopback host with no API key (LOGITSEARCH_ALLOW_UNAUTHENTICATED)")
     serve.set_defaults(func=_serve)
+
+    ingest = sub.add_parser("ingest", help="upload a .npy matrix into a collection (one streamed request)",
+                            description="Upload FILE (a float32/float64 .npy of shape (rows, dim)) into collection "
+                                        "NAME in one transaction, with a progress bar. Ids are line i of --ids, "
+                                        "or --start + i.")
+    ingest.add_argument("name", help="collection name")
+    ingest.add_argument("file", help=".npy file, float32 or float64, shape (rows, dim)")
+    ingest.add_argument("--ids", help="text file with one id per line (line i names row i)")
+    ingest.add_argument("--id-type", choices=["str", "int"], default="str", help="how to read --ids (default str)")
+    ingest.add_argument("--start", type=int, help="without --ids: ids are start, start+1, ... (default 0)")
+    ingest.add_argument("--create", action="store_true", help="create the collection first (dim from the file); "
+                                                             "fine if it exists with the same configuration")
+    ingest.add_argument("--metrics", type=_csv(str), help="with --create: metrics to index, e.g. euc,cos,tri "
+                                                           "(default euc,cos,tri)")
+    ingest.add_argument("--temperatures", type=_csv(float), help="with --create: temperatures for tri/ced, "
+                                                                  "e.g. 1,10 (default 10)")
+    ingest.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf"], help="with --create: index kind")
+    ingest.add_argument("--no-wait", action="store_true", help="return once committed, before indexing finishes")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_connection(ingest)
+    ingest.set_defaults(func=_ingest)
+
+    search = sub.add_parser("search", help="k nearest neighbours of a stored point or a vector",
+                            description="Search collection NAME by a stored point (--id, left out of its own "
+                                        "answer) or by a vector from a .npy file.")
+    search.add_argument("name", help="collection name")
+    which = search.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", help="a stored point id")
+    which.add_argument("--vector-file", help=".npy with the query: shape (dim,) or (rows, dim) with --row")
+    search.add_argument("--id-type", choices=["auto", "str", "int"], default="auto",
+                        help="auto: digits without leading zeros are an integer id")
+    search.add_argument("--row", type=int, default=0, help="row of --vector-file to use (default 0)")
+    search.add_argument("-k", type=int, default=10, help="neighbours (default 10)")
+    search.add_argument("--metric", choices=["euc", "cos", "tri", "ced"], help="default: the collection's first")
+    search.add_argument("-t", "--temperature", type=float, help="temperature of a tri/ced index")
+    search.add_argument("--kind", choices=["flat", "hnsw", "ivf"], help="index kind to use")
+    search.add_argument("--exact", action="store_true", help="exact answer even on hnsw/ivf")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_connection(search)
+    search.set_defaults(func=_search)
+
+    colls = sub.add_parser("collections", help="list collections", description="List collections with their "
+                                                                               "size, metrics and index status.")
+    colls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_connection(colls)
+    colls.set_defaults(func=_collections)
+
+    ev = sub.add_parser("evaluate", help="which metric keeps the network's cross-entropy order on this data",
+                        description="Spearman's rho between CED(q : p) over softmax(x/t) and each metric (euc, cos "
+                                    "over raw logits; tri, jsd, hellinger, kld over softmax), per temperature, for a "
+                                    "stored point (--id), a vector (--vector-file), --queries N random stored "
+                                    "points, or all pairs (--mode many_to_many); --plot writes Shepard diagrams.")
+    ev.add_argument("name", help="collection name")
+    ev_query = ev.add_mutually_exclusive_group()
+    ev_query.add_argument("--id", help="a stored point as the query (left out of the compared set)")
+    ev_query.add_argument("--vector-file", help=".npy with the query: shape (dim,) or (rows, dim) with --row")
+    ev_query.add_argument("--queries", type=int, help="evaluate N random stored queries and summarise")
+    ev.add_argument("--id-type", choices=["auto", "str", "int"], default="auto",
+                    help="auto: digits without leading zeros are an integer id")
+    ev.add_argument("--row", type=int, default=0, help="row of --vector-file to use (default 0)")
+    ev.add_argument("-t", "--temperatures", type=float, nargs="+", default=[10.0],
+                    help="softmax temperatures, e.g. -t 1 10 100 (default 10)")
+    ev.add_argument("--metrics", type=_csv(str), help="comma-separated (default euc,cos,tri,jsd,hellinger,kld)")
+    ev.add_argument("--sample", type=int, help="compare with a uniform sample of this many points "
+                                               "(default: the whole collection up to 100,000)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the sample and of --queries")
+    ev.add_argument("--mode", choices=["one_to_many", "many_to_many"], default="one_to_many")
+    ev.add_argument("--ranks", choices=["average", "paper"], default="average",
+                    help="paper: the tie-breaking of the paper's MATLAB code (inflates rho with ties)")
+    ev.add_argument("--plot", help="write the Shepard diagram PNG here (one per temperature: NAME_t10.png ...)")
+    ev.add_argument("--metric", default="tri", choices=["euc", "cos", "tri", "jsd", "hellinger", "kld"],
+                    help="the metric of --plot (default tri)")
+    ev.add_argument("--json", action="store_true", help="print the JSON answer instead of a table")
+    _add_connection(ev)
+    ev.set_defaults(func=_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    if args.command == "serve":
+        return int(args.func(args))
+    import httpx
+
+    from service.client import ApiError
+
+    try:
+        return int(args.func(args))
+    except ApiError as exc:
+        print(f"logitsearch: {exc}", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e.get('field')}: {e.get('reason')}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"logitsearch: cannot reach {args.url} ({type(exc).__name__}); is `logitsearch serve` running?",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

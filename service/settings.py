@@ -17,7 +17,11 @@ ENV: dict[str, tuple[str, str]] = {
     "LOGITSEARCH_LOG_LEVEL": ("log_level", "debug, info, warning or error"),
     "LOGITSEARCH_API_KEY": ("api_key", "read-write API key (unset: no auth, bind 127.0.0.1 only)"),
     "LOGITSEARCH_READ_API_KEY": ("read_api_key", "read-only API key"),
+    "LOGITSEARCH_ALLOW_UNAUTHENTICATED": ("allow_unauthenticated",
+                                          "1: serve a non-loopback host with no API key (unsafe)"),
     "LOGITSEARCH_MAX_BODY_BYTES": ("max_body_bytes", "largest request body accepted"),
+    "LOGITSEARCH_MAX_JSON_BYTES": ("max_json_bytes",
+                                   "largest JSON request body (parsed whole; .npy bodies are streamed)"),
     "LOGITSEARCH_MAX_BATCH": ("max_batch", "most points in one upsert / get / delete"),
     "LOGITSEARCH_MAX_K": ("max_k", "largest k in a search"),
     "LOGITSEARCH_MAX_EVAL_SAMPLE": ("max_eval_sample", "most points one evaluation compares"),
@@ -33,7 +37,10 @@ class Settings:
     log_level: str = "info"
     api_key: str | None = None
     read_api_key: str | None = None
+    allow_unauthenticated: bool = False
     max_body_bytes: int = 2 * 1024**3
+    # a JSON body becomes ~3x its size in Python objects while parsed; 64 MiB ~ 40k rows x 384 as vectors_b64
+    max_json_bytes: int = 64 * 1024**2
     max_batch: int = 100_000
     max_k: int = 10_000
     max_eval_sample: int = 1_000_000

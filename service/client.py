@@ -1,0 +1,490 @@
+"""A typed Python client for the logitsearch REST API, on httpx, taking and returning numpy arrays.
+
+    from service.client import Client
+    with Client("http://127.0.0.1:6340") as c:
+        c.create_collection("imagenet", dim=1000, metrics=["euc", "tri"], temperatures=[10])
+        c.upsert("imagenet", ids, X)                        # chunked, as base64 float32
+        hits = c.search("imagenet", X[0], k=10, metric="tri", temperature=10)
+        hits.ids, hits.distances                            # list of ids, float64 array
+
+`AsyncClient` has the same methods, each returning an awaitable. Errors come back as `ApiError`
+carrying the RFC 9457 problem (`status`, `detail`, `errors`).
+
+Extending: each method builds `_Call`s (method, path, body, and a `parse` of the response) and
+hands them to `self._send(call)` or, for several requests, `self._send_all(calls, combine)`; the sync
+and async classes only differ in how they run a call, so a new endpoint is one method on `_Api`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Self, TypeVar
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import LogitsearchError
+
+DEFAULT_URL = "http://127.0.0.1:6340"
+#: bytes of float32 rows per upsert request (base64 makes the JSON ~4/3 of this)
+UPSERT_CHUNK_BYTES = 8 * 1024 * 1024
+#: bytes per piece of a streamed .npy upload
+UPLOAD_PIECE_BYTES = 1024 * 1024
+
+T = TypeVar("T")
+Id = int | str
+
+
+class ApiError(LogitsearchError):
+    """The server answered with an error: `status`, and the problem's `detail` and `errors`."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.detail = str(problem.get("detail", ""))
+        self.errors: list[dict[str, str]] = list(problem.get("errors") or [])
+        super().__init__(f"{status} {problem.get('title', '')}: {self.detail}".strip())
+
+
+@dataclass(frozen=True)
+class SearchHits:
+    """One query's answer: ids (as stored: int or str), distances (float64, metric units, nearest
+    first), and payloads / vectors when asked for."""
+
+    ids: list[Id]
+    distances: npt.NDArray[np.float64]
+    metric: str
+    temperature: float | None
+    index: str
+    how: str
+    took_ms: float
+    formula: str
+    units: str
+    payloads: list[dict[str, Any] | None] | None = None
+    vectors: npt.NDArray[np.float32] | None = None
+
+
+@dataclass(frozen=True)
+class Points:
+    """Points as stored: ids, float32 vectors (n, dim) when asked for, payloads, and ids not found."""
+
+    ids: list[Id]
+    vectors: npt.NDArray[np.float32] | None
+    payloads: list[dict[str, Any] | None] | None
+    missing: list[Id] = field(default_factory=list)
+    next_offset: int | None = None
+
+
+@dataclass
+class _Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    json: Any = None
+    params: dict[str, Any] | None = None
+    content: Any = None
+    files: Any = None
+    data: Any = None
+    headers: dict[str, str] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("json", "params", "content", "files", "data", "headers"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+def _checked(r: httpx.Response) -> httpx.Response:
+    if r.is_success:
+        return r
+    try:
+        problem = r.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        problem = {"title": r.reason_phrase, "detail": r.text[:500]}
+    raise ApiError(r.status_code, problem)
+
+
+def _json(r: httpx.Response) -> Any:
+    return r.json()
+
+
+def _b64(X: npt.NDArray[Any]) -> str:
+    return base64.b64encode(np.ascontiguousarray(X, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _hits(d: dict[str, Any]) -> SearchHits:
+    hits = d["hits"]
+    vectors = np.array([h["vector"] for h in hits], dtype=np.float32) if hits and "vector" in hits[0] else None
+    return SearchHits(ids=[h["id"] for h in hits], distances=np.array([h["distance"] for h in hits], dtype=np.float64),
+                      metric=d["metric"], temperature=d["temperature"], index=d["index"], how=d["how"],
+                      took_ms=d["took_ms"], formula=d["formula"], units=d["units"],
+                      payloads=[h.get("payload") for h in hits] if not hits or "payload" in hits[0] else None,
+                      vectors=vectors)
+
+
+def _points(d: dict[str, Any]) -> Points:
+    pts = d["points"]
+    with_vector = bool(pts) and "vector" in pts[0]
+    return Points(ids=[p["id"] for p in pts],
+                  vectors=np.array([p["vector"] for p in pts], dtype=np.float32) if with_vector else None,
+                  payloads=[p.get("payload") for p in pts] if pts and "payload" in pts[0] else None,
+                  missing=list(d.get("missing", [])), next_offset=d.get("next_offset"))
+
+
+def _combine_writes(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several write answers as one: the last operation id, the total count, the weakest status."""
+    order = ["completed", "acknowledged", "rebuilding"]
+    return {"operation_id": results[-1]["operation_id"] if results else None,
+            "status": max((r["status"] for r in results), key=order.index, default="completed"),
+            "count": sum(r["count"] for r in results), "requests": len(results)}
+
+
+def _npy_header(shape: tuple[int, int], dtype: np.dtype[Any]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                               "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _npy_pieces(source: str | Path | npt.NDArray[Any], progress: Callable[[int], None] | None
+                ) -> tuple[int, Iterator[bytes]]:
+    """(rows, the .npy bytes in pieces) of a file (streamed as is) or an array (header + row blocks)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        rows = int(np.load(path, mmap_mode="r").shape[0])
+
+        def from_file() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while piece := f.read(UPLOAD_PIECE_BYTES):
+                    if progress:
+                        progress(len(piece))
+                    yield piece
+        return rows, from_file()
+    X = np.asarray(source)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-D array (rows, dim), got shape {X.shape}")
+
+    def from_array() -> Iterator[bytes]:
+        yield _npy_header((int(X.shape[0]), int(X.shape[1])), X.dtype)
+        step = max(1, UPLOAD_PIECE_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
+        for s in range(0, X.shape[0], step):
+            piece = np.ascontiguousarray(X[s:s + step]).tobytes()
+            if progress:
+                progress(len(piece))
+            yield piece
+    return int(X.shape[0]), from_array()
+
+
+class _Api:
+    """The endpoints; subclasses define `_send` and `_send_all`."""
+
+    def _send(self, call: _Call[Any]) -> Any:
+        raise TypeError("use Client or AsyncClient")
+
+    def _send_all(self, calls: Iterable[_Call[Any]], combine: Callable[[list[Any]], Any]) -> Any:
+        raise TypeError("use Client or AsyncClient")
+
+    # --- health and collections ------------------------------------------------------------------
+
+    def health(self) -> Any:
+        return self._send(_Call("GET", "/healthz", _json))
+
+    def ready(self) -> Any:
+        """True when every collection is loaded (GET /readyz answers 200)."""
+        return self._send(_Call("GET", "/readyz", lambda r: r.status_code == 200))
+
+    def collections(self) -> Any:
+        """Every collection as a dict (name, dim, metrics, temperatures, count, indexes, ...)."""
+        return self._send(_Call("GET", "/v1/collections", lambda r: r.json()["collections"]))
+
+    def collection(self, name: str) -> Any:
+        return self._send(_Call("GET", f"/v1/collections/{name}", _json))
+
+    def create_collection(self, name: str, dim: int, *, metrics: Sequence[str] | None = None,
+                          temperatures: Sequence[float] | None = None, kind: str = "flat",
+                          params: dict[str, int] | None = None) -> Any:
+        """Create (or confirm) a collection; ApiError 409 if it exists with another configuration."""
+        body: dict[str, Any] = {"dim": int(dim), "index": {"kind": kind, "params": dict(params or {})}}
+        if metrics is not None:
+            body["metrics"] = list(metrics)
+        if temperatures is not None:
+            body["temperatures"] = [float(t) for t in temperatures]
+        return self._send(_Call("PUT", f"/v1/collections/{name}", _json, json=body))
+
+    def delete_collection(self, name: str) -> Any:
+        return self._send(_Call("DELETE", f"/v1/collections/{name}", _json))
+
+    def indexes(self, name: str) -> Any:
+        return self._send(_Call("GET", f"/v1/collections/{name}/indexes", lambda r: r.json()["indexes"]))
+
+    def add_index(self, name: str, metric: str, temperature: float | None = None, *, kind: str = "flat",
+                  params: dict[str, int] | None = None) -> Any:
+        """Start building an index in the background; poll `indexes(name)` for its progress."""
+        body = {"metric": metric, "temperature": temperature, "kind": kind, "params": dict(params or {})}
+        return self._send(_Call("POST", f"/v1/collections/{name}/indexes", _json, json=body))
+
+    def drop_index(self, name: str, index_id: str) -> Any:
+        return self._send(_Call("DELETE", f"/v1/collections/{name}/indexes/{index_id}", _json))
+
+    # --- points ----------------------------------------------------------------------------------
+
+    def upsert(self, name: str, ids: Sequence[Id], X: npt.ArrayLike,
+               payloads: Sequence[dict[str, Any] | None] | None = None, *, wait: bool = True,
+               chunk_rows: int | None = None, progress: Callable[[int], None] | None = None) -> Any:
+        """Insert or replace points, in requests of `chunk_rows` rows (default ~8 MiB of float32) sent
+        as base64 float32; each request is atomic on its own. Returns {operation_id, status, count,
+        requests}; `progress(rows)` is called after each request."""
+        A = np.asarray(X)
+        if A.ndim != 2 or A.shape[0] != len(ids):
+            raise ValueError(f"X must be (len(ids), dim) = ({len(ids)}, dim), got {A.shape}")
+        if payloads is not None and len(payloads) != len(ids):
+            raise ValueError(f"{len(payloads)} payloads for {len(ids)} ids")
+        step = chunk_rows or max(1, min(10_000, UPSERT_CHUNK_BYTES // (4 * max(1, A.shape[1]))))
+
+        def calls() -> Iterator[_Call[Any]]:
+            for s in range(0, len(ids), step):
+                body: dict[str, Any] = {"ids": list(ids[s:s + step]), "vectors_b64": _b64(A[s:s + step])}
+                if payloads is not None:
+                    body["payloads"] = list(payloads[s:s + step])
+                n = len(body["ids"])
+
+                def parse(r: httpx.Response, n: int = n) -> Any:
+                    if progress:
+                        progress(n)
+                    return r.json()
+                yield _Call("PUT", f"/v1/collections/{name}/points", parse, json=body,
+                            params={"wait": "true" if wait else "false"})
+        return self._send_all(calls(), _combine_writes)
+
+    def upload_npy(self, name: str, source: str | Path | npt.NDArray[Any], *, ids: Sequence[Id] | None = None,
+                   start: int | None = None, wait: bool = True, progress: Callable[[int], None] | None = None) -> Any:
+        """Bulk ingest a .npy file or an array in ONE streamed request (one transaction): ids are
+        `start`, `start+1`, ... (raw body) or `ids` (multipart with an ids file; all int or all str).
+        `progress(bytes)` is called as the body is sent."""
+        rows, pieces = _npy_pieces(source, progress)
+        path = f"/v1/collections/{name}/points/bulk"
+        params = {"wait": "true" if wait else "false"}
+        if ids is None:
+            params["start"] = str(0 if start is None else int(start))
+            return self._send(_Call("POST", path, _json, params=params, content=pieces,
+                                    headers={"content-type": "application/octet-stream"}))
+        if len(ids) != rows:
+            raise ValueError(f"{len(ids)} ids for {rows} rows")
+        kinds = {type(i) for i in ids}
+        if kinds - {int, str} or len(kinds) > 1:
+            raise ValueError("ids for a bulk upload must be all int or all str")
+        text = "\n".join(str(i) for i in ids) + "\n"
+        if kinds == {str} and any("\n" in i or "\r" in i for i in ids):  # type: ignore[operator]
+            raise ValueError("ids for a bulk upload cannot contain line breaks")
+        return self._send(_Call("POST", path, _json, params=params,
+                                files={"ids": ("ids.txt", text.encode(), "text/plain"),
+                                       "file": ("matrix.npy", _Readable(pieces), "application/octet-stream")},
+                                data={"id_type": "int" if kinds == {int} else "str"}))
+
+    def get(self, name: str, ids: Sequence[Id], *, with_vector: bool = True, with_payload: bool = True) -> Any:
+        """The stored points among `ids` (in order; unknown ones listed in `missing`)."""
+        body = {"ids": list(ids), "with_vector": with_vector, "with_payload": with_payload}
+        return self._send(_Call("POST", f"/v1/collections/{name}/points/get", lambda r: _points(r.json()),
+                                json=body))
+
+    def delete(self, name: str, ids: Sequence[Id], *, wait: bool = True) -> Any:
+        return self._send(_Call("POST", f"/v1/collections/{name}/points/delete", _json, json={"ids": list(ids)},
+                                params={"wait": "true" if wait else "false"}))
+
+    def scroll(self, name: str, offset: int | None = None, limit: int = 100, *, with_vector: bool = False,
+               with_payload: bool = True) -> Any:
+        """One page of points in insertion order; pass `.next_offset` back for the next (None: done)."""
+        body = {"offset": offset, "limit": limit, "with_vector": with_vector, "with_payload": with_payload}
+        return self._send(_Call("POST", f"/v1/collections/{name}/points/scroll", lambda r: _points(r.json()),
+                                json=body))
+
+    # --- search ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _search_body(vector: npt.ArrayLike | None, id: Id | None, k: int, metric: str | None,
+                     temperature: float | None, kind: str | None, exact: bool, with_payload: bool,
+                     with_vector: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"k": int(k), "exact": exact, "with_payload": with_payload,
+                                "with_vector": with_vector}
+        if vector is not None:
+            # JSON numbers keep a float64 query exact (vector_b64 would round it to float32)
+            body["vector"] = np.asarray(vector, dtype=np.float64).ravel().tolist()
+        if id is not None:
+            body["id"] = id
+        for key, value in (("metric", metric), ("temperature", temperature), ("kind", kind)):
+            if value is not None:
+                body[key] = value
+        return body
+
+    def search(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None, k: int = 10,
+               metric: str | None = None, temperature: float | None = None, kind: str | None = None,
+               exact: bool = False, with_payload: bool = True, with_vector: bool = False) -> Any:
+        """The k nearest points of `vector` (or of the stored point `id`, left out of the answer)."""
+        body = self._search_body(vector, id, k, metric, temperature, kind, exact, with_payload, with_vector)
+        return self._send(_Call("POST", f"/v1/collections/{name}/search", lambda r: _hits(r.json()), json=body))
+
+    def search_batch(self, name: str, Q: npt.ArrayLike | None = None, *, ids: Sequence[Id] | None = None,
+                     k: int = 10, metric: str | None = None, temperature: float | None = None,
+                     kind: str | None = None, exact: bool = False, with_payload: bool = True,
+                     with_vector: bool = False) -> Any:
+        """One SearchHits per row of `Q` (m, dim) and per stored id in `ids`, in one request."""
+        searches = []
+        if Q is not None:
+            A = np.atleast_2d(np.asarray(Q, dtype=np.float64))
+            searches += [self._search_body(q, None, k, metric, temperature, kind, exact, with_payload, with_vector)
+                         for q in A]
+        for i in ids or ():
+            searches.append(self._search_body(None, i, k, metric, temperature, kind, exact, with_payload,
+                                              with_vector))
+        return self._send(_Call("POST", f"/v1/collections/{name}/search/batch",
+                                lambda r: [_hits(d) for d in r.json()["results"]], json={"searches": searches}))
+
+    # --- evaluation (service/routes/evaluate.py) ---------------------------------------------------
+
+    def evaluate(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
+                 temperatures: float | Sequence[float] = 10.0, metrics: Sequence[str] | None = None,
+                 sample: int | None = None, seed: int = 0, mode: str = "one_to_many", ranks: str = "average",
+                 queries: int | None = None, queries_seed: int = 0) -> Any:
+        """Spearman's rho of CED against each metric, per temperature, for the query `vector` or stored
+        `id`, or for `queries` random stored queries (summarised), or all pairs (mode many_to_many).
+        Returns the response as a dict: `results` (or `summary`), `sample`, the recommendation..."""
+        body: dict[str, Any] = {"mode": mode, "ranks": ranks, "seed": int(seed),
+                                "temperatures": [float(t) for t in np.atleast_1d(temperatures)]}
+        if vector is not None:
+            body["vector"] = np.asarray(vector, dtype=np.float64).ravel().tolist()
+        for key, value in (("id", id), ("metrics", None if metrics is None else list(metrics)),
+                           ("sample", sample)):
+            if value is not None:
+                body[key] = value
+        if queries is not None:
+            body["queries"] = {"sample": int(queries), "seed": int(queries_seed)}
+        return self._send(_Call("POST", f"/v1/collections/{name}/evaluate", _json, json=body))
+
+    def roughness(self, name: str, target: float | None = None, temperatures: Sequence[float] | None = None,
+                  *, sample: int | None = None, seed: int = 0) -> Any:
+        """The temperature reaching a target mean roughness (default 1e-6) and MR at `temperatures`."""
+        params: dict[str, Any] = {"seed": int(seed)}
+        if target is not None:
+            params["target"] = float(target)
+        if temperatures is not None:
+            params["temperatures"] = ",".join(repr(float(t)) for t in temperatures)
+        if sample is not None:
+            params["sample"] = int(sample)
+        return self._send(_Call("GET", f"/v1/collections/{name}/roughness", _json, params=params))
+
+    def shepard(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
+                temperature: float = 10.0, metric: str = "tri", sample: int | None = None, seed: int = 0,
+                ranks: str = "average", max_points: int = 10_000, width: int = 800, height: int = 600,
+                path: str | Path | None = None) -> Any:
+        """The Shepard diagram (CED vs `metric`) as PNG bytes; also written to `path` if given."""
+        body: dict[str, Any] = {"temperature": float(temperature), "metric": metric, "seed": int(seed),
+                                "ranks": ranks, "max_points": int(max_points), "width": int(width),
+                                "height": int(height)}
+        if vector is not None:
+            body["vector"] = np.asarray(vector, dtype=np.float64).ravel().tolist()
+        if id is not None:
+            body["id"] = id
+        if sample is not None:
+            body["sample"] = int(sample)
+
+        def parse(r: httpx.Response) -> bytes:
+            if path is not None:
+                Path(path).write_bytes(r.content)
+            return r.content
+        return self._send(_Call("POST", f"/v1/collections/{name}/evaluate/shepard.png", parse, json=body))
+
+
+class _Readable:
+    """A file-like over an iterator of byte pieces, so httpx streams a multipart file part."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces, self._buf = pieces, b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buf += piece
+        out, self._buf = (self._buf, b"") if n < 0 else (self._buf[:n], self._buf[n:])
+        return out
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    key = api_key if api_key is not None else os.environ.get("LOGITSEARCH_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _url(url: str | None) -> str:
+    return (url or os.environ.get("LOGITSEARCH_URL") or DEFAULT_URL).rstrip("/")
+
+
+class Client(_Api):
+    """Synchronous client. `url` defaults to LOGITSEARCH_URL or http://127.0.0.1:6340 and `api_key`
+    to LOGITSEARCH_API_KEY (sent as `Authorization: Bearer`)."""
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None, timeout: float = 300.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = _url(url)
+        self._http = httpx.Client(base_url=self.url, headers=_headers(api_key), timeout=timeout, transport=transport)
+
+    def _send(self, call: _Call[T]) -> T:
+        return call.parse(_checked(self._http.request(call.method, call.path, **call.kwargs())))
+
+    def _send_all(self, calls: Iterable[_Call[Any]], combine: Callable[[list[Any]], T]) -> T:
+        return combine([self._send(c) for c in calls])
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Api):
+    """The same methods as `Client`, each returning an awaitable."""
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None, timeout: float = 300.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = _url(url)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(api_key), timeout=timeout,
+                                       transport=transport)
+
+    async def _send(self, call: _Call[T]) -> T:  # type: ignore[override]
+        kwargs = call.kwargs()
+        content = kwargs.get("content")
+        if content is not None and not isinstance(content, (bytes, str)):
+            kwargs["content"] = _async_pieces(content)
+        return call.parse(_checked(await self._http.request(call.method, call.path, **kwargs)))
+
+    async def _send_all(self, calls: Iterable[_Call[Any]], combine: Callable[[list[Any]], T]) -> T:  # type: ignore[override]
+        return combine([await self._send(c) for c in calls])
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _async_pieces(pieces: Iterable[bytes]) -> Any:
+    for piece in pieces:
+        yield piece

@@ -1,0 +1,128 @@
+"""Domain error -> RFC 9457 problem+json, in one place; routes never build error bodies.
+
+Every error answer has `type`, `title`, `status`, `detail`, and for bad input `errors: [{field, reason}]`
+with dotted field paths ("points.3.vector"). pydantic's RequestValidationError gets the same 422
+shape. Any other exception is a bug: a 500 with a generic body and one log line, never `repr(exc)`.
+"""
+
+from __future__ import annotations
+
+import email.message
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response
+
+from core.errors import Conflict, InvalidInput, LimitExceeded, LogitsearchError, NotFound, StorageError
+from service.limits import _BodyRejected, problem_response
+
+log = logging.getLogger("logitsearch.problems")
+
+STATUS: dict[type[LogitsearchError], int] = {LimitExceeded: 413, InvalidInput: 422, NotFound: 404, Conflict: 409,
+                                             StorageError: 503, LogitsearchError: 500}
+_LOCATIONS = {"body", "query", "path", "header", "cookie"}
+INTERNAL = "internal error: the server log has the details"
+
+
+def status_of(exc: LogitsearchError) -> int:
+    return next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)  # LogitsearchError is always there
+
+
+def _internal(request: Request, exc: BaseException) -> JSONResponse:
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    log.error("unhandled %s in %s %s", type(exc).__name__, request.method, route, exc_info=exc)
+    return problem_response(500, INTERNAL)
+
+
+def domain_problem(request: Request, exc: LogitsearchError) -> JSONResponse:
+    status = status_of(exc)
+    if status == 500:
+        return _internal(request, exc)
+    errors = [{"field": exc.field, "reason": exc.reason}] if isinstance(exc, InvalidInput) else None
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return problem_response(status, str(exc), errors=errors, headers=headers)
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """("body", "points", 3, "vector") -> "points.3.vector"."""
+    parts = list(loc[1:] if loc and loc[0] in _LOCATIONS else loc)
+    return ".".join(str(p) for p in parts) or (str(loc[0]) if loc else "body")
+
+
+def _reason(err: dict[str, Any]) -> str:
+    kind, msg = err.get("type", ""), str(err.get("msg", "invalid"))
+    if kind == "json_invalid":
+        return f"malformed JSON at character {err['loc'][-1]}: {err.get('ctx', {}).get('error', msg)}"
+    if kind == "missing" and tuple(err.get("loc", ())) == ("body",):
+        return "a JSON body is required"
+    return msg.removeprefix("Value error, ")
+
+
+def validation_problem(exc: RequestValidationError) -> JSONResponse:
+    errors = [{"field": "body" if e.get("type") == "json_invalid" else field_path(tuple(e.get("loc", ()))),
+               "reason": _reason(e)} for e in exc.errors()]
+    shown = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return problem_response(422, f"{len(errors)} invalid field{'s' if len(errors) != 1 else ''}: {shown}{more}",
+                            errors=errors)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LogitsearchError)
+    async def _domain(request: Request, exc: LogitsearchError) -> JSONResponse:
+        return domain_problem(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_problem(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Only reached from middleware: ProblemRoute answers bugs inside routes itself.
+        return _internal(request, exc)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    sub = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+class ProblemRoute(APIRoute):
+    """An APIRoute that answers 415 for a JSON body route sent another content type, and turns a bug
+    (an exception that is not ours, not validation, not HTTP) into a 500 problem with one log line
+    (Starlette's last-resort handler would log it twice and re-raise it into the server)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        wants_json = self.body_field is not None
+
+        async def route(request: Request) -> Response:
+            content_type = request.headers.get("content-type")
+            sent = content_type is not None or request.headers.get("content-length", "0") != "0"
+            if wants_json and sent and not _is_json(content_type):
+                return problem_response(415, "send the body as application/json (Content-Type: application/json)",
+                                        errors=[{"field": "content-type", "reason": "must be application/json"}])
+            try:
+                return await handler(request)
+            except (LogitsearchError, RequestValidationError, StarletteHTTPException, _BodyRejected):
+                raise  # the handlers above answer these (and service.limits has answered for a cut body)
+            except ClientDisconnect:
+                return problem_response(400, "the client disconnected before the body was complete")
+            except Exception as exc:  # noqa: BLE001 -- a bug: logged once, answered with a generic 500
+                return _internal(request, exc)
+
+        return route

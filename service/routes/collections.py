@@ -1,0 +1,104 @@
+"""Collections and their indexes: PUT/GET/DELETE /v1/collections/{name}, …/indexes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from core.errors import InvalidInput
+from indexes.knn import IndexSpec
+from service.backend import Backend, CollectionConfig, CollectionInfo, IndexInfo
+from service.problems import ProblemRoute
+from service.schemas import (
+    CollectionIn,
+    CollectionOut,
+    CollectionsOut,
+    DeletedOut,
+    IndexConfig,
+    IndexesOut,
+    IndexIn,
+    IndexOut,
+)
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=ProblemRoute)
+
+
+def backend_of(request: Request) -> Backend:
+    backend: Backend = request.app.state.backend
+    return backend
+
+
+def index_out(info: IndexInfo) -> IndexOut:
+    s = info.spec
+    return IndexOut(id=info.key, metric=s.metric, temperature=s.temperature, kind=s.kind, params=dict(s.params),
+                    status=info.status, progress=round(info.progress, 4), vectors=info.vectors, error=info.error)
+
+
+def collection_out(info: CollectionInfo) -> CollectionOut:
+    c = info.config
+    return CollectionOut(name=info.name, dim=c.dim, metrics=list(c.metrics), temperatures=list(c.temperatures),
+                         index=IndexConfig(kind=c.kind, params=dict(c.params)), count=info.count,  # type: ignore[arg-type]
+                         last_operation_id=info.last_operation_id, status=info.status,
+                         indexes=[index_out(i) for i in info.indexes])
+
+
+def _in_index(exc: InvalidInput) -> InvalidInput:
+    """IndexSpec names its fields `kind` and `params.M`; on the wire they sit under `index`."""
+    if exc.field == "kind" or exc.field.startswith("params"):
+        return InvalidInput(f"index.{exc.field}", exc.reason)
+    return exc
+
+
+@router.put("/{name}", response_model=CollectionOut, summary="Create a collection (idempotent)",
+            responses={201: {"model": CollectionOut, "description": "created"},
+                       409: {"description": "exists with a different configuration"}})
+def put_collection(name: str, body: CollectionIn, request: Request, response: Response) -> CollectionOut:
+    """Create `name` with the metrics to index (default euc, cos, tri), the temperatures for tri/ced
+    (default [10]) and the index kind (default flat). The same config again answers 200 with the
+    collection; a different one is 409."""
+    try:
+        config = CollectionConfig.create(body.dim, body.metrics, body.temperatures, body.index.kind,
+                                         body.index.params)
+    except InvalidInput as exc:
+        raise _in_index(exc) from None
+    info, created = backend_of(request).create_collection(name, config)
+    response.status_code = 201 if created else 200
+    return collection_out(info)
+
+
+@router.get("", response_model=CollectionsOut, summary="List collections")
+def list_collections(request: Request) -> CollectionsOut:
+    return CollectionsOut(collections=[collection_out(i) for i in backend_of(request).list_collections()])
+
+
+@router.get("/{name}", response_model=CollectionOut, summary="One collection: count, indexes, last operation")
+def get_collection(name: str, request: Request) -> CollectionOut:
+    return collection_out(backend_of(request).get_collection(name))
+
+
+@router.delete("/{name}", response_model=DeletedOut, summary="Delete a collection and all its points")
+def delete_collection(name: str, request: Request) -> DeletedOut:
+    backend_of(request).delete_collection(name)
+    return DeletedOut(deleted=name)
+
+
+@router.get("/{name}/indexes", response_model=IndexesOut, summary="Indexes with status and build progress")
+def list_indexes(name: str, request: Request) -> IndexesOut:
+    return IndexesOut(indexes=[index_out(i) for i in backend_of(request).list_indexes(name)])
+
+
+@router.post("/{name}/indexes", response_model=IndexOut, status_code=202,
+             summary="Build another index in the background (e.g. TRI at a new temperature)",
+             responses={200: {"model": IndexOut, "description": "exists already with these parameters"}})
+def add_index(name: str, body: IndexIn, request: Request, response: Response) -> IndexOut:
+    """Starts the build and answers 202 at once; GET …/indexes shows the progress. Searches can use
+    the index once its status is ready."""
+    spec = IndexSpec(body.metric, body.temperature, body.kind, body.params)
+    info, created = backend_of(request).add_index(name, spec)
+    response.status_code = 202 if created else 200
+    return index_out(info)
+
+
+@router.delete("/{name}/indexes/{index_id}", response_model=DeletedOut, summary="Drop an index")
+def drop_index(name: str, index_id: str, request: Request) -> DeletedOut:
+    backend_of(request).drop_index(name, index_id)
+    return DeletedOut(deleted=index_id)

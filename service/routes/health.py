@@ -1,0 +1,24 @@
+"""GET /healthz (the process answers) and GET /readyz (every collection is loaded)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.problems import ProblemRoute
+from service.schemas import HealthOut, ReadyOut
+
+router = APIRouter(tags=["health"], route_class=ProblemRoute)
+
+
+@router.get("/healthz", response_model=HealthOut, summary="Liveness")
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+@router.get("/readyz", response_model=ReadyOut, summary="Readiness: every collection loaded",
+            responses={503: {"model": ReadyOut, "description": "collections still loading"}})
+def readyz(request: Request) -> JSONResponse:
+    ready, states = request.app.state.backend.readiness()
+    body = ReadyOut(status="ready" if ready else "loading", collections=states)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -1,0 +1,87 @@
+"""k-NN search: POST /v1/collections/{name}/search and …/search/batch.
+
+Plain `def` routes: FastAPI runs them in its thread pool and FAISS releases the GIL, so searches run
+concurrently without blocking the event loop. Responses are built as plain JSON (the models below
+document them) because this is the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from core.errors import InvalidInput
+from core.metrics import METRICS
+from service.backend import Query, SearchResult
+from service.ingest import check_batch_size, decode_vector_b64
+from service.observability import observe_search
+from service.problems import ProblemRoute
+from service.routes.collections import backend_of
+from service.schemas import SearchBatchIn, SearchBatchOut, SearchIn, SearchOut
+
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], route_class=ProblemRoute)
+
+
+def _query(body: SearchIn, dim: int, prefix: str) -> Query:
+    given = [f for f, v in (("vector", body.vector), ("vector_b64", body.vector_b64), ("id", body.id))
+             if v is not None]
+    if len(given) != 1:
+        raise InvalidInput(f"{prefix}vector", "give exactly one of vector, vector_b64 and id"
+                           + (f"; got {', '.join(given)}" if given else ""))
+    vector: Any = body.vector
+    if body.vector_b64 is not None:
+        vector = decode_vector_b64(body.vector_b64, dim, f"{prefix}vector_b64")
+    if isinstance(vector, list) and len(vector) != dim:
+        raise InvalidInput(f"{prefix}vector", f"expected dimension {dim}, got {len(vector)}")
+    return Query(k=body.k, metric=body.metric, vector=vector, id=body.id, temperature=body.temperature,
+                 kind=body.kind, exact=body.exact, with_payload=body.with_payload, with_vector=body.with_vector)
+
+
+def _result_json(r: SearchResult, q: Query) -> dict[str, Any]:
+    m = METRICS[r.metric]
+    hits = []
+    for h in r.hits:
+        hit: dict[str, Any] = {"id": h.id, "distance": h.distance}
+        if q.with_payload:
+            hit["payload"] = h.payload
+        if q.with_vector:
+            hit["vector"] = h.vector.tolist() if h.vector is not None else None
+        hits.append(hit)
+    return {"metric": r.metric, "temperature": r.temperature, "formula": m.formula, "units": m.units,
+            "index": r.index, "kind": r.kind, "how": r.how, "k": r.k, "took_ms": round(r.seconds * 1e3, 4),
+            "hits": hits}
+
+
+def _observe(request: Request, results: list[SearchResult]) -> None:
+    for r in results:
+        observe_search(request, r.metric, r.kind, r.seconds, r.how)
+
+
+@router.post("/search", response_model=SearchOut, summary="k nearest neighbours of a vector or a stored point")
+def search(name: str, body: SearchIn, request: Request) -> JSONResponse:
+    """By `vector` (or `vector_b64`) or by stored `id` (left out of its own answer). `metric` and
+    `temperature` pick the index (a tri/ced temperature must be an indexed one); `exact` forces an
+    exact answer on hnsw/ivf. Distances are in the metric's own units, smaller is nearer: squared L2
+    (euc), 1 - cos (cos), TRI eq. 5 (tri), CED in nats (ced)."""
+    backend = backend_of(request)
+    q = _query(body, backend.dim(name), "")
+    results = backend.search(name, [q])
+    _observe(request, results)
+    return JSONResponse(_result_json(results[0], q))
+
+
+@router.post("/search/batch", response_model=SearchBatchOut, summary="Many searches in one call")
+def search_batch(name: str, body: SearchBatchIn, request: Request) -> JSONResponse:
+    """Searches that share index, k and exactness are answered by one FAISS call."""
+    started = time.perf_counter()
+    check_batch_size(len(body.searches), "searches", request.app.state.settings.max_batch)
+    backend = backend_of(request)
+    dim = backend.dim(name)
+    queries = [_query(s, dim, f"searches.{i}.") for i, s in enumerate(body.searches)]
+    results = backend.search(name, queries)
+    _observe(request, results)
+    return JSONResponse({"results": [_result_json(r, q) for r, q in zip(results, queries)],
+                         "took_ms": round((time.perf_counter() - started) * 1e3, 4)})

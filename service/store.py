@@ -1,0 +1,332 @@
+"""SQLite, the source of truth: collections, points with their write sequence, and deletes.
+
+One file, `<data dir>/logitsearch.sqlite3`, in WAL mode with `synchronous=FULL`: COMMIT returns only
+after the WAL is fsynced, so a write acknowledged with 2xx survives kill -9 of the process (WAL with
+NORMAL would already give that) and a power loss (only FULL does). One writer connection behind a
+lock runs one transaction per request (`Store.transaction`); readers use one connection per thread and
+see the last committed state (WAL snapshot isolation), never half of a request.
+
+Tables:
+- `collections(cid, name, config, indexes, last_seq)`: config and the index list as JSON; `last_seq`
+  is the collection's write sequence, one step per write request (its operation id).
+- `points(iid, cid, ext, seq, vector, payload)`: `iid` is the internal int64 id the indexes use,
+  unique over the whole database and never reused; `ext` is the id as the client gave it. The column
+  has no declared type, so SQLite keeps an integer an integer and a string a string ('5' and 5 are two
+  ids). `vector` is little-endian float32, `payload` a JSON object or NULL, `seq` the write that set it.
+- `deleted(cid, iid, seq)`: deletes, so an index snapshot older than a delete can be brought up to
+  date; pruned up to the snapshot's sequence once a snapshot is saved.
+- `meta(key, value)`: `next_iid`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import StorageError
+
+FILENAME = "logitsearch.sqlite3"
+SCHEMA_VERSION = 1
+#: rows per SELECT batch when streaming vectors out (replay, rebuild)
+READ_CHUNK = 8192
+
+Ext = int | str
+Ids = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    cid INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL,
+    indexes TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS points (
+    iid INTEGER PRIMARY KEY,
+    cid INTEGER NOT NULL,
+    ext NOT NULL,
+    seq INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    payload TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS points_ext ON points (cid, ext);
+CREATE INDEX IF NOT EXISTS points_seq ON points (cid, seq);
+CREATE INDEX IF NOT EXISTS points_cid ON points (cid);
+CREATE TABLE IF NOT EXISTS deleted (
+    cid INTEGER NOT NULL,
+    iid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (cid, iid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('next_iid', 0);
+"""
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        return f"the data directory is read-only ({text}); nothing was written"
+    if "disk is full" in text or "disk I/O" in text:
+        return f"the disk refused the write ({text}); nothing was written"
+    return f"storage failed ({text})"
+
+
+def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    """sqlite3 errors leave the store as StorageError with a clear reason (the transaction is rolled back)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StorageError(_reason(exc)) from exc
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class StoredCollection:
+    cid: int
+    name: str
+    config: dict[str, Any]
+    indexes: list[dict[str, Any]]
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    iid: int
+    ext: Ext
+    vector: F32 | None
+    payload: dict[str, Any] | None
+
+
+def _vector(blob: bytes) -> F32:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=False)
+
+
+def _point(row: Sequence[Any], vector: bool, payload: bool) -> StoredPoint:
+    return StoredPoint(row[0], row[1], _vector(row[2]) if vector else None,
+                       json.loads(row[3]) if payload and row[3] is not None else None)
+
+
+class Transaction:
+    """The writes of one request; `Store.transaction` commits them together or not at all."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def create_collection(self, name: str, config: dict[str, Any], indexes: list[dict[str, Any]]) -> int:
+        cur = self._c.execute("INSERT INTO collections (name, config, indexes) VALUES (?, ?, ?)",
+                              (name, json.dumps(config), json.dumps(indexes)))
+        return int(cur.lastrowid or 0)
+
+    def set_indexes(self, cid: int, indexes: list[dict[str, Any]]) -> None:
+        self._c.execute("UPDATE collections SET indexes = ? WHERE cid = ?", (json.dumps(indexes), cid))
+
+    def drop_collection(self, cid: int) -> None:
+        for table in ("points", "deleted", "collections"):
+            self._c.execute(f"DELETE FROM {table} WHERE cid = ?", (cid,))
+
+    def next_seq(self, cid: int) -> int:
+        """The collection's next write sequence number (the operation id of this request)."""
+        row = self._c.execute("UPDATE collections SET last_seq = last_seq + 1 WHERE cid = ? RETURNING last_seq",
+                              (cid,)).fetchone()
+        return int(row[0])
+
+    def allocate(self, n: int) -> int:
+        """The first of `n` fresh internal ids."""
+        row = self._c.execute("UPDATE meta SET value = value + ? WHERE key = 'next_iid' RETURNING value",
+                              (n,)).fetchone()
+        return int(row[0]) - n
+
+    def put_points(self, cid: int, seq: int, iids: Sequence[int], exts: Sequence[Ext], X: F32,
+                   payloads: Sequence[str | None] | None) -> None:
+        """Insert or replace rows (a replaced point keeps its iid); X is float32 (n, d) C-ordered."""
+        X = np.ascontiguousarray(X, dtype="<f4")
+        pay = payloads if payloads is not None else [None] * len(iids)
+        self._c.executemany(
+            "INSERT INTO points (iid, cid, ext, seq, vector, payload) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (iid) DO UPDATE SET seq = excluded.seq, vector = excluded.vector, "
+            "payload = excluded.payload",
+            ((int(i), cid, e, seq, memoryview(X[r]), pay[r]) for r, (i, e) in enumerate(zip(iids, exts))))
+
+    def delete_points(self, cid: int, seq: int, iids: Sequence[int]) -> None:
+        self._c.executemany("DELETE FROM points WHERE iid = ?", ((int(i),) for i in iids))
+        self._c.executemany("INSERT OR REPLACE INTO deleted (cid, iid, seq) VALUES (?, ?, ?)",
+                            ((cid, int(i), seq) for i in iids))
+
+    def prune_deleted(self, cid: int, upto: int) -> None:
+        self._c.execute("DELETE FROM deleted WHERE cid = ? AND seq <= ?", (cid, upto))
+
+
+class Store:
+    """The SQLite database of one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / FILENAME
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data directory {self.path.parent}: {exc.strerror}") from exc
+        self._writer = self._connect()
+        self._migrate(self._writer)
+
+    @_guarded
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"{self.path} has schema version {version}; this logitsearch reads "
+                               f"up to {SCHEMA_VERSION}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StorageError(f"{self.path}: could not switch to WAL mode (got {mode})")
+        conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache per connection
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self.path}: {_reason(exc)}") from exc
+        return conn
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            if self._writer is not None:
+                try:
+                    self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass  # a busy or read-only database keeps its WAL; it is replayed on the next open
+                self._writer.close()
+                self._writer = None
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); any exception rolls it back."""
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError("the store is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield Transaction(conn)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite already rolled back (e.g. after SQLITE_FULL)
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(_reason(exc)) from exc
+                raise
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    @_guarded
+    def collections(self) -> list[StoredCollection]:
+        rows = self._reader().execute(
+            "SELECT cid, name, config, indexes, last_seq FROM collections ORDER BY cid").fetchall()
+        return [StoredCollection(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows]
+
+    @_guarded
+    def last_seq(self, cid: int) -> int:
+        row = self._reader().execute("SELECT last_seq FROM collections WHERE cid = ?", (cid,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @_guarded
+    def ext_ids(self, cid: int) -> list[tuple[int, Ext]]:
+        """(iid, ext) of every point of the collection."""
+        return self._reader().execute("SELECT iid, ext FROM points WHERE cid = ?", (cid,)).fetchall()
+
+    @_guarded
+    def count(self, cid: int) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM points WHERE cid = ?", (cid,)).fetchone()[0])
+
+    def rows(self, cid: int, *, after: int | None = None, upto: int | None = None, seq: int | None = None,
+             chunk: int = READ_CHUNK) -> Iterator[tuple[Ids, F32]]:
+        """(iids, float32 rows) of the points written after seq `after` and up to `upto`, or by write
+        `seq` exactly, or all; in chunks of `chunk` rows, one consistent read."""
+        where, args = ["cid = ?"], [cid]
+        for clause, value in (("seq > ?", after), ("seq <= ?", upto), ("seq = ?", seq)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"SELECT iid, vector FROM points WHERE {' AND '.join(where)} ORDER BY iid"
+        try:
+            cur = self._reader().execute(sql, args)
+            while batch := cur.fetchmany(chunk):
+                iids = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
+                X = np.frombuffer(b"".join(r[1] for r in batch), dtype="<f4").reshape(len(batch), -1)
+                yield iids, X.astype(np.float32, copy=False)
+        except sqlite3.Error as exc:
+            raise StorageError(_reason(exc)) from exc
+
+    @_guarded
+    def deleted_after(self, cid: int, after: int) -> Ids:
+        rows = self._reader().execute("SELECT iid FROM deleted WHERE cid = ? AND seq > ?", (cid, after)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    @_guarded
+    def points(self, cid: int, iids: Sequence[int], *, vector: bool, payload: bool) -> dict[int, StoredPoint]:
+        """The stored points among `iids` (missing ones are left out), by iid."""
+        out: dict[int, StoredPoint] = {}
+        conn = self._reader()
+        cols = f"iid, ext, {'vector' if vector else 'NULL'}, {'payload' if payload else 'NULL'}"
+        step = 900  # below SQLite's host-parameter limit (999 on old builds)
+        for start in range(0, len(iids), step):
+            part = [int(i) for i in iids[start:start + step]]
+            marks = ",".join("?" * len(part))
+            for row in conn.execute(f"SELECT {cols} FROM points WHERE cid = ? AND iid IN ({marks})", [cid, *part]):
+                out[row[0]] = _point(row, vector, payload)
+        return out
+
+    @_guarded
+    def scroll(self, cid: int, start: int, limit: int, *, vector: bool, payload: bool) -> list[StoredPoint]:
+        """Up to `limit` points with iid >= `start`, in iid (insertion) order."""
+        cols = f"iid, ext, {'vector' if vector else 'NULL'}, {'payload' if payload else 'NULL'}"
+        rows = self._reader().execute(
+            f"SELECT {cols} FROM points WHERE cid = ? AND iid >= ? ORDER BY iid LIMIT ?", (cid, start, limit))
+        return [_point(r, vector, payload) for r in rows]
