@@ -1,0 +1,48 @@
+"""Shepard diagrams as PNG (paper section 3): CED on x, a metric on y, the isotonic regression line,
+Spearman's rho in the title.
+
+Drawn on a `matplotlib.figure.Figure` with its own Agg canvas, never through pyplot: pyplot keeps
+global state and is not thread-safe, and the routes run in a thread pool.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from core.evaluation import ShepardData
+from core.metrics import METRICS
+
+#: pixel bounds of a requested image
+MIN_PIXELS, MAX_PIXELS = 200, 4000
+DPI = 100
+
+
+def shepard_png(data: ShepardData, *, width: int = 800, height: int = 600, title: str | None = None) -> bytes:
+    """The PNG bytes of `data`'s Shepard diagram, `width` x `height` pixels.
+
+    Points are drawn small and translucent (up to ~10k of them); the isotonic line is drawn over
+    the same points, sorted by CED. An undefined rho is shown as such, with its reason.
+    """
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter(data.ced, data.values, s=3, alpha=0.35, linewidths=0, color="C0",
+               label=f"{data.ced.size:,} of {data.n:,} points" if data.ced.size < data.n else f"{data.n:,} points")
+    ax.plot(data.ced, data.fitted, color="C3", linewidth=1.6, label="isotonic regression")
+    name = data.metric.upper()
+    ax.set_xlabel(f"CED(q : p), softmax at t = {data.t:g} (nats)")
+    space = "raw logits" if METRICS[data.metric].space == "logits" else f"softmax at t = {data.t:g}"
+    ax.set_ylabel(f"{name} ({space}; {METRICS[data.metric].units})")
+    rho = data.rho.value
+    shown = f"Spearman rho = {rho:.4f}" if not math.isnan(rho) else f"rho undefined: {data.rho.reason}"
+    ax.set_title(title or f"CED vs {name} at t = {data.t:g}: {shown}", fontsize=11)
+    ax.legend(loc="best", fontsize=8, markerscale=3)
+    ax.grid(True, alpha=0.25)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
