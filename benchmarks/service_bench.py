@@ -110,8 +110,14 @@ class Http:
 
     def post(self, c: int, method: str, path: str, body: bytes) -> bytes:
         conn = self.conns[c]
-        conn.request(method, path, body, {"Content-Type": "application/json"})
-        r = conn.getresponse()
+        try:
+            conn.request(method, path, body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed a connection left idle past its keep-alive timeout: reconnect once
+            conn.close()
+            conn.request(method, path, body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
         data = r.read()
         if r.status >= 300:
             raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
@@ -178,13 +184,16 @@ def search_cells(base: str, local: IndexSet, Q: np.ndarray, seconds: float) -> l
     batch_bodies = [json.dumps({"searches": [{"vector": q.astype(float).tolist(), "k": 10, "metric": "cos",
                                               "kind": "hnsw", "with_payload": False} for q in B]}).encode()
                     for B in batches]
+    b64_bodies = [json.dumps({"searches": [{"vector_b64": base64.b64encode(q.astype("<f4").tobytes()).decode(),
+                                            "k": 10, "metric": "cos", "kind": "hnsw", "with_payload": False}
+                                           for q in B]}).encode() for B in batches]
     Q64 = Q.astype(np.float64)
     return [cell for clients in (1, 8)
-            for cell in _cells(base, local, clients, seconds, single, batch_bodies, Q64, batches)]
+            for cell in _cells(base, local, clients, seconds, single, batch_bodies, b64_bodies, Q64, batches)]
 
 
 def _cells(base: str, local: IndexSet, clients: int, seconds: float, single: list[bytes], batch_bodies: list[bytes],
-           Q64: np.ndarray, batches: list[np.ndarray]) -> list[tuple[str, int, Cell, Cell]]:
+           b64_bodies: list[bytes], Q64: np.ndarray, batches: list[np.ndarray]) -> list[tuple[str, int, Cell, Cell]]:
     h = Http(base, clients)
     search, batch = "/v1/collections/bench/search", "/v1/collections/bench/search/batch"
 
@@ -198,11 +207,14 @@ def _cells(base: str, local: IndexSet, clients: int, seconds: float, single: lis
                 run_threads(clients, seconds, lambda c, i: len(h.post(c, "POST", search, pick(single, c, i))) and 1),
                 run_threads(clients, seconds, lambda c, i: len(local.search("cos", pick(Q64, c, i), 10,
                                                                             kind="hnsw"))))]
-        out.append((f"batch of {BATCH}", clients,
-                    run_threads(clients, seconds,
-                                lambda c, i: len(h.post(c, "POST", batch, pick(batch_bodies, c, i))) and BATCH),
-                    run_threads(clients, seconds, lambda c, i: len(local.search(
-                        "cos", pick(batches, c, i).astype(np.float64), 10, kind="hnsw")))))
+        in_process = run_threads(clients, seconds, lambda c, i: len(local.search(
+            "cos", pick(batches, c, i).astype(np.float64), 10, kind="hnsw")))
+        for label, bodies in (("JSON numbers", batch_bodies), ("vector_b64", b64_bodies)):
+            out.append((f"batch of {BATCH}, {label}", clients,
+                        run_threads(clients, seconds,
+                                    lambda c, i, bodies=bodies: len(h.post(c, "POST", batch, pick(bodies, c, i)))
+                                    and BATCH),
+                        in_process))
         return out
     finally:
         h.close()

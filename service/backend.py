@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -59,6 +60,8 @@ DEFAULT_TEMPERATURES = (10.0,)
 LOAD_WAIT = 10.0
 #: rows per IndexSet call when a bulk ingest or a rebuild is applied
 APPLY_CHUNK = 16384
+#: a bulk ingest up to this many bytes of rows is applied from memory; a larger one is read back from SQLite
+BULK_KEEP_BYTES = 256 * 1024 * 1024
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -253,6 +256,9 @@ class Backend:
         self._collections: dict[str, _Collection] = {}
         self._registry = threading.Lock()
         self._snapshots = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
+        # as many searches at once as cores: more only oversubscribes the cores (each search already
+        # runs FAISS/numba threads) and thrashes the GIL; the others wait here
+        self._search_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
         self._loader: threading.Thread | None = None
         self._closed = False
 
@@ -594,6 +600,7 @@ class Backend:
             self._check_alive(coll)
             seen: set[Ext] = set()
             all_fresh: list[tuple[Ext, int]] = []
+            kept: list[tuple[Ids, F32]] | None = []
             n = 0
             with self.store.transaction() as tx:
                 seq = tx.next_seq(coll.cid)
@@ -613,6 +620,8 @@ class Backend:
                             all_fresh.append((exts[r], start + j))
                     tx.put_points(coll.cid, seq, iids.tolist(), exts, X, None)
                     n += len(X)
+                    if kept is not None:
+                        kept = kept + [(iids, X)] if n * X.shape[1] * 4 <= BULK_KEEP_BYTES else None
                 if next(id_iter, None) is not None:
                     raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
                 if n == 0:
@@ -621,7 +630,7 @@ class Backend:
             for e, i in all_fresh:
                 coll.iid_of[e] = i
                 coll.ext_of[i] = e
-            future = coll.applier.submit(self._apply_stored, coll, seq, n)
+            future = coll.applier.submit(self._apply_bulk, coll, seq, n, kept)
         return self._result(seq, future, n, wait)
 
     def delete_points(self, name: str, ids: Sequence[Ext], *, wait: bool = True) -> WriteResult:
@@ -685,13 +694,15 @@ class Backend:
         self._written(coll, len(iids) if iids is not None else 0 if removed is None else len(removed))
         return "completed"
 
-    def _apply_stored(self, coll: _Collection, seq: int, n: int) -> WriteStatus:
-        """A bulk write, read back from SQLite chunk by chunk, visible to searches all at once."""
+    def _apply_bulk(self, coll: _Collection, seq: int, n: int, kept: list[tuple[Ids, F32]] | None) -> WriteStatus:
+        """A bulk write, chunk by chunk from memory (`kept`) or read back from SQLite (None), visible
+        to searches all at once."""
         if coll.state != "ready" or coll.iset is None:
             return "rebuilding"
         try:
             with coll.gate.write():
-                for iids, X in self.store.rows(coll.cid, seq=seq, chunk=APPLY_CHUNK):
+                chunks = kept if kept is not None else self.store.rows(coll.cid, seq=seq, chunk=APPLY_CHUNK)
+                for iids, X in chunks:
                     coll.iset.upsert(iids, X, seq)
         except Exception as exc:  # noqa: BLE001 -- whatever failed after COMMIT, the cure is a rebuild
             return self._apply_failed(coll, exc)
@@ -809,7 +820,7 @@ class Backend:
         for i, (q, (spec, _, _)) in enumerate(zip(queries, plans)):
             groups.setdefault((spec.key, q.k, q.exact), []).append(i)
         answers: list[tuple[Hits, float] | None] = [None] * len(queries)
-        with coll.gate.read():
+        with self._search_slots, coll.gate.read():
             for (_, k, exact), members in groups.items():
                 spec = plans[members[0]][0]
                 Q = np.stack([plans[i][1] for i in members])

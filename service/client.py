@@ -319,8 +319,11 @@ class _Api:
         body: dict[str, Any] = {"k": int(k), "exact": exact, "with_payload": with_payload,
                                 "with_vector": with_vector}
         if vector is not None:
-            # JSON numbers keep a float64 query exact (vector_b64 would round it to float32)
-            body["vector"] = np.asarray(vector, dtype=np.float64).ravel().tolist()
+            v = np.asarray(vector)
+            if v.dtype == np.float32:  # exact as base64 float32, and ~5x cheaper for the server to read
+                body["vector_b64"] = _b64(v.ravel())
+            else:  # JSON numbers keep a float64 query exact (base64 float32 would round it)
+                body["vector"] = np.asarray(v, dtype=np.float64).ravel().tolist()
         if id is not None:
             body["id"] = id
         for key, value in (("metric", metric), ("temperature", temperature), ("kind", kind)):
@@ -342,7 +345,7 @@ class _Api:
         """One SearchHits per row of `Q` (m, dim) and per stored id in `ids`, in one request."""
         searches = []
         if Q is not None:
-            A = np.atleast_2d(np.asarray(Q, dtype=np.float64))
+            A = np.atleast_2d(np.asarray(Q))
             searches += [self._search_body(q, None, k, metric, temperature, kind, exact, with_payload, with_vector)
                          for q in A]
         for i in ids or ():

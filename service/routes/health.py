@@ -12,7 +12,7 @@ router = APIRouter(tags=["health"], route_class=ProblemRoute)
 
 
 @router.get("/healthz", response_model=HealthOut, summary="Liveness")
-def healthz() -> HealthOut:
+async def healthz() -> HealthOut:
     return HealthOut(status="ok")
 
 

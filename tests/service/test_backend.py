@@ -157,8 +157,10 @@ def test_indexes_built_later_survive_a_restart_and_unfinished_builds_resume(tmp_
     assert b3.search("c", [Query(k=3, metric="cos", vector=Q[0])])[0].index == "cos-flat"
 
 
-def test_a_search_sees_all_of_a_bulk_ingest_or_none_of_it(tmp_path, rng, monkeypatch):
+@pytest.mark.parametrize("keep", [0, 1 << 20], ids=["read back from SQLite", "applied from memory"])
+def test_a_search_sees_all_of_a_bulk_ingest_or_none_of_it(tmp_path, rng, monkeypatch, keep):
     monkeypatch.setattr(service.backend, "APPLY_CHUNK", 10)
+    monkeypatch.setattr(service.backend, "BULK_KEEP_BYTES", keep)
     real = IndexSet.upsert
 
     def slow(self, *a, **kw):
