@@ -146,7 +146,7 @@ class Hits:
     how: How
 
 
-class _RWLock:
+class RWLock:
     """Many readers or one writer; a waiting writer holds off new readers (no writer starvation)."""
 
     def __init__(self) -> None:
@@ -477,7 +477,7 @@ class IndexSet:
         self.last_seq = 0
         self._table = Table(self.dim)
         self._indexes: dict[str, MetricIndex] = {}
-        self._rw = _RWLock()
+        self._rw = RWLock()
         self._writing = threading.RLock()
         for spec in specs:
             self.add_index(spec)

@@ -39,7 +39,7 @@ from indexes.knn import (
     Hits,
     IndexSet,
     IndexSpec,
-    _RWLock,  # the indexes' writer-preferring readers-writer lock, reused
+    RWLock,  # the indexes' writer-preferring readers-writer lock, reused
 )
 from service.settings import Settings
 from service.store import Ext, Store, StoredCollection
@@ -221,7 +221,7 @@ class _Collection:
     ext_of: dict[int, Ext] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # searches share it; a bulk apply takes it alone, so a search sees all of a bulk ingest or none
-    gate: _RWLock = field(default_factory=_RWLock)
+    gate: RWLock = field(default_factory=RWLock)
     loaded: threading.Event = field(default_factory=threading.Event)
     dropped: bool = False
     since_snapshot: int = 0
