@@ -11,11 +11,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import install_auth
+from service.auth import ROLES, install_auth
 from service.backend import Backend
 from service.limits import install_limits, problem_response
 from service.observability import install_observability
-from service.problems import install_problem_handlers
+from service.problems import document_problems, install_problem_handlers
 from service.routes import collections, evaluate, health, points, search
 from service.settings import Settings, load_settings
 
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(module.router.routes)
     # add_middleware puts each one outside the previous: observability sees every answer, auth
     # answers before any body is read, then the body limits.
+    document_problems(app, {key for key, role in ROLES.items() if role == "open"})
     app.add_middleware(_WholeBodyLimit, limit=settings.max_json_bytes)
     install_limits(app, settings)
     install_auth(app, settings)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, StorageError
 
 
 def _stopped(signum: int, frame: object) -> None:
@@ -25,13 +25,15 @@ def _serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.auth import check_binding
     from service.settings import load_settings
+    from service.store import check_data_dir
 
     try:
         settings = load_settings({"host": args.host, "port": args.port, "data_dir": args.data_dir,
                                   "log_level": args.log_level,
                                   "allow_unauthenticated": args.allow_unauthenticated or None})
         binding = check_binding(settings)
-    except InvalidInput as exc:
+        check_data_dir(Path(settings.data_dir))
+    except (InvalidInput, StorageError) as exc:
         print(f"logitsearch: {exc}", file=sys.stderr)
         return 2
     print("logitsearch configuration: " + json.dumps(settings.redacted(), sort_keys=True), flush=True)

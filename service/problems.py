@@ -17,12 +17,13 @@ import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from core.errors import Conflict, InvalidInput, LimitExceeded, LogitsearchError, NotFound, StorageError
-from service.limits import _BodyRejected, problem_response
+from service.limits import PROBLEM_JSON, _BodyRejected, problem_response
 
 log = logging.getLogger("logitsearch.problems")
 
@@ -152,3 +153,82 @@ class ProblemRoute(APIRoute):
                 return _internal(request, exc)
 
         return route
+
+
+class FieldError(BaseModel):
+    field: str = Field(description='dotted path of the offending field ("points.3.vector", "k", "body")')
+    reason: str = Field(description="what is wrong with it")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error answer of the API has this body (application/problem+json)."""
+
+    type: str = Field("about:blank", description="a URI naming the kind of problem")
+    title: str = Field(description="the HTTP status phrase")
+    status: int = Field(description="the HTTP status code, repeated")
+    detail: str = Field(description="what went wrong, for a person")
+    errors: list[FieldError] | None = Field(None, description="for invalid input: each bad field and why")
+
+
+_WHY = {
+    400: "The client disconnected before the body was complete.",
+    401: "An API key is configured and the request has none, or a wrong one.",
+    403: "The key may only read, or no key is configured on a non-loopback server.",
+    404: "No such collection (or point, or index).",
+    408: "The body stalled: no bytes for the idle timeout.",
+    409: "Conflicts with the current state: a different configuration exists, or the index is still building.",
+    413: "The body, a batch, k or a sample is over its limit (the limit is named in `detail`).",
+    415: "The body's Content-Type is not one this operation takes.",
+    422: "Invalid input: `errors` names each field and the reason.",
+    503: "Storage is unavailable or the collection is still loading; retry (Retry-After).",
+}
+_CONFLICTS = {("put", "/v1/collections/{name}"), ("post", "/v1/collections/{name}/indexes"),
+              ("post", "/v1/collections/{name}/search"), ("post", "/v1/collections/{name}/search/batch")}
+
+
+def _statuses(method: str, path: str, operation: dict[str, Any], open_routes: set[tuple[str, str]]) -> list[int]:
+    """The error statuses an operation can answer, from its shape."""
+    statuses = [503]
+    if (method.upper(), path) not in open_routes:
+        statuses += [401, 403]
+    if "requestBody" in operation:
+        statuses += [400, 408, 415]
+    if operation.get("parameters") or "requestBody" in operation:
+        statuses += [413, 422]  # invalid input, or over a limit (k, a batch, a sample, the body)
+    if "{name}" in path and (method, path) != ("put", "/v1/collections/{name}"):
+        statuses.append(404)
+    if (method, path) in _CONFLICTS:
+        statuses.append(409)
+    return sorted(set(statuses))
+
+
+def document_problems(app: FastAPI, open_routes: set[tuple[str, str]]) -> None:
+    """Make the OpenAPI document say what the API answers on error: every error status an operation
+    can give, each as application/problem+json with the `Problem` schema. FastAPI's own 422 entry
+    (application/json, HTTPValidationError) is replaced (its description too), since our handler answers a problem."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(problem.pop("$defs", {}))
+        schemas["Problem"] = problem
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        for path, item in document.get("paths", {}).items():
+            for method, operation in item.items():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                for status in _statuses(method, path, operation, open_routes):
+                    ours = responses.get(str(status), {}).get("description") if status != 422 else None
+                    responses[str(status)] = {
+                        "description": ours or _WHY[status],
+                        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

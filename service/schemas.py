@@ -151,7 +151,7 @@ class DeleteIn(_In):
 
 
 class ScrollIn(_In):
-    offset: int | None = Field(None, ge=0, description="cursor from the previous page's next_offset; null: start")
+    offset: int | None = Field(None, ge=0, le=MAX_ID, description="cursor from the previous page's next_offset; null: start")
     limit: int = Field(100, ge=1, le=10_000)
     with_vector: bool = False
     with_payload: bool = True

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from core.errors import InvalidInput
 
@@ -88,7 +89,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
     known = {f.name: getattr(base, f.name) for f in fields(Settings)}
     unknown = set(values) - set(known)
     if unknown:
-        raise InvalidInput(sorted(unknown)[0], "unknown setting")
+        raise InvalidInput(min(unknown), "unknown setting")
     coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
     if coerced.get("log_level", "info") not in ("debug", "info", "warning", "error", "critical"):
         raise InvalidInput("log_level", f"must be debug, info, warning or error, got {coerced['log_level']!r}")

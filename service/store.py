@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -96,6 +97,19 @@ def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
             raise StorageError(_reason(exc)) from exc
 
     return wrapper
+
+
+def check_data_dir(path: Path) -> None:
+    """Create the data directory if needed and make sure it is writable: SQLite in WAL mode creates
+    -wal and -shm files beside the database even to read, so a read-only directory would otherwise
+    fail later as "unable to open database file"."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the data directory {path}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StorageError(f"the data directory {path} is read-only (or not writable by this user); logitsearch "
+                           "writes its database there: point --data-dir / LOGITSEARCH_DATA_DIR at a writable one")
 
 
 @dataclass(frozen=True)
@@ -188,10 +202,7 @@ class Store:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create the data directory {self.path.parent}: {exc.strerror}") from exc
+        check_data_dir(self.path.parent)
         self._writer = self._connect()
         self._migrate(self._writer)
 

@@ -31,10 +31,11 @@ from core.evaluation import (
     shepard_data,
 )
 from core.ranks import Rho
+from service.problems import ProblemRoute
 from service.schemas import PointId
 from service.shepard import MAX_PIXELS, MIN_PIXELS, shepard_png
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["evaluate"])
+router = APIRouter(prefix="/v1/collections/{name}", tags=["evaluate"], route_class=ProblemRoute)
 
 #: the default compared set: the whole collection up to this many points, a uniform sample above
 DEFAULT_SAMPLE = 100_000

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from core.errors import InvalidInput
@@ -63,3 +66,44 @@ def test_serve_refuses_a_public_host_without_a_key_before_binding(monkeypatch, c
     monkeypatch.setattr("uvicorn.run", must_not_run)
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "6399"]) == 2
     assert "refusing to serve 0.0.0.0 without an API key" in capsys.readouterr().err
+
+
+def _no_uvicorn(monkeypatch) -> None:
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("uvicorn.run was called")
+
+    monkeypatch.setattr("uvicorn.run", must_not_run)
+    for var in ("LOGITSEARCH_API_KEY", "LOGITSEARCH_READ_API_KEY", "LOGITSEARCH_ALLOW_UNAUTHENTICATED"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_serve_refuses_a_read_only_data_dir_with_the_reason(monkeypatch, capsys, tmp_path):
+    # os.access is what reports a read-only mount (EROFS, even for root); a test cannot mount one,
+    # so it answers "not writable" for this one directory.
+    data = tmp_path / "data"
+    data.mkdir()
+    real_access = os.access
+    monkeypatch.setattr("service.store.os.access",
+                        lambda p, mode: False if Path(p) == data and mode & os.W_OK else real_access(p, mode))
+    _no_uvicorn(monkeypatch)
+    assert cli.main(["serve", "--data-dir", str(data), "--port", "6399"]) == 2
+    err = capsys.readouterr().err
+    assert f"the data directory {data} is read-only" in err and "Traceback" not in err
+    assert list(data.iterdir()) == []  # nothing was created
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_serve_refuses_a_directory_without_write_permission(monkeypatch, capsys, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o555)
+    _no_uvicorn(monkeypatch)
+    assert cli.main(["serve", "--data-dir", str(data), "--port", "6399"]) == 2
+    assert "read-only (or not writable by this user)" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_data_dir_that_cannot_be_created(monkeypatch, capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    _no_uvicorn(monkeypatch)
+    assert cli.main(["serve", "--data-dir", str(blocker / "data"), "--port", "6399"]) == 2
+    assert f"cannot create the data directory {blocker / 'data'}" in capsys.readouterr().err

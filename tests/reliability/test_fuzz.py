@@ -36,9 +36,8 @@ EXAMPLES = int(os.environ.get("LOGITSEARCH_FUZZ_EXAMPLES", "8"))
 DETERMINISTIC = os.environ.get("LOGITSEARCH_FUZZ_RANDOM", "") != "1"
 #: schemathesis's coverage phase (boundary values and every kind of invalid input per field): thorough, slow
 COVERAGE = os.environ.get("LOGITSEARCH_FUZZ_COVERAGE", "") == "1"
-# content_type_conformance and status_code_conformance are left out while the OpenAPI documents error
-# answers as application/json (FastAPI's default) and not at all for 404/409/413/415: every 4xx fails them.
-CHECKS = [checks.not_a_server_error, checks.response_schema_conformance]
+CHECKS = [checks.not_a_server_error, checks.response_schema_conformance, checks.content_type_conformance,
+          checks.status_code_conformance]
 
 
 def _settings(data_dir: Path | str) -> Any:

@@ -63,3 +63,45 @@ def test_openapi_documents_every_v1_route_with_its_body(client):
     assert {"application/octet-stream", "multipart/form-data"} <= set(bulk)
     ids = spec["components"]["schemas"]["UpsertIn"]["properties"]["ids"]
     assert "anyOf" in str(ids) and "maxLength" in str(ids)
+
+
+def _problem_schema(spec: dict) -> dict:
+    """The document's Problem schema, standalone (its $refs resolved against the document)."""
+    return {**spec["components"]["schemas"]["Problem"], "components": spec["components"]}
+
+
+def test_openapi_documents_error_answers_as_problems(client):
+    spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            errors = {code: r for code, r in op["responses"].items() if code[0] in "45"}
+            for code, r in errors.items():
+                assert list(r["content"]) == ["application/problem+json"], (method, path, code)
+                assert r["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+            if path.startswith("/v1/"):
+                assert {"401", "403", "503"} <= set(errors), (method, path)
+            if op.get("parameters") or "requestBody" in op:
+                assert "422" in errors, (method, path)
+            if "{name}" in path and not (method == "put" and path == "/v1/collections/{name}"):
+                assert "404" in errors, (method, path)
+            if "requestBody" in op:
+                assert {"413", "415"} <= set(errors), (method, path)
+    assert "409" in spec["paths"]["/v1/collections/{name}"]["put"]["responses"]
+    assert "401" not in spec["paths"]["/healthz"]["get"]["responses"]
+
+
+def test_real_error_answers_validate_against_the_documented_problem_schema(client):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = _problem_schema(client.get("/openapi.json").json())
+    client.put(f"{C}/v", json={"dim": 2, "metrics": ["euc"]})
+    answers = [client.get(f"{C}/missing"),                                          # 404
+               client.put(f"{C}/v", json={"dim": 3, "metrics": ["euc"]}),          # 409
+               client.post(f"{C}/v/search", content=b"x", headers={"content-type": "text/plain"}),  # 415
+               client.post(f"{C}/v/search", json={"vector": [0, "x"]})]            # 422
+    assert [r.status_code for r in answers] == [404, 409, 415, 422]
+    for r in answers:
+        assert r.headers["content-type"] == "application/problem+json"
+        jsonschema.validate(r.json(), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"title": "x", "status": 400}, schema)  # the schema does constrain: detail missing
