@@ -151,9 +151,24 @@ def _pairs_impl(code, Q, X, rows, qq, inv_t, out):  # type: ignore[no-untyped-de
 
 
 _pairs = njit(**_OPTS)(_pairs_impl)
-#: a few queries run on the calling thread: waking the worker pool costs more than the work, and on
-#: a busy 2-core machine its spinning threads slowed single searches several-fold
-_pairs_serial = njit(**{**_OPTS, "parallel": False})(_pairs_impl)
+
+
+@njit(**{**_OPTS, "parallel": False})
+def _pairs_serial(code, Q, X, rows, qq, inv_t, out):  # type: ignore[no-untyped-def]
+    """_pairs on the calling thread, for a few queries: waking the worker pool costs more than the
+    work, and its threads then spin (OpenMP) on a core the event loop needs. A function of its own,
+    not njit(parallel=False)(_pairs_impl): numba's on-disk cache is keyed by the Python function, so
+    the two would share cache entries and the "serial" one could load the parallel machine code."""
+    m, kp = rows.shape
+    d = X.shape[1]
+    for r in range(m):
+        buf = np.empty(d)
+        tmp = np.empty(d)
+        for c in range(kp):
+            i = rows[r, c]
+            out[r, c] = np.inf if i < 0 else _one(code, Q[r], X[i], buf, tmp, qq[r], inv_t)
+
+
 _SERIAL_BELOW = 4
 
 

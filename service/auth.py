@@ -17,6 +17,7 @@ logged: no log line, problem body or exception message here contains a presented
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -70,6 +71,7 @@ _HOW_TO_SEND = "send 'Authorization: Bearer <key>' or 'api-key: <key>'"
 log = logging.getLogger("logitsearch.auth")
 
 
+@functools.lru_cache(maxsize=256)  # asked per request for the server's own address: a handful of values
 def _ip_loopback(text: str) -> bool | None:
     """Whether the IP address `text` is loopback (IPv4-mapped IPv6 too); None if it is not an IP."""
     try:

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -184,8 +184,9 @@ class Query:
     with_vector: bool = False
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
+    """One neighbour (a NamedTuple: a batch of 100 searches makes 1,000 of these per request)."""
+
     id: Ext
     distance: float
     payload: dict[str, Any] | None = None

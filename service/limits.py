@@ -22,11 +22,11 @@ covers the body; a slow request head costs one idle socket and no worker.
 
 from __future__ import annotations
 
+import asyncio
 import http
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
@@ -104,7 +104,7 @@ class _LimitedRequest:
         if self.body_done:  # e.g. a streaming response listening for the disconnect: no timeout
             return await self._receive()
         try:
-            with anyio.fail_after(self.limits.idle_timeout):
+            async with asyncio.timeout(self.limits.idle_timeout):  # ~10x cheaper than anyio.fail_after
                 message = await self._receive()
         except TimeoutError:
             await self._answer(problem_response(

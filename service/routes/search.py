@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -21,6 +22,15 @@ from service.observability import observe_search
 from service.problems import ProblemRoute
 from service.routes.collections import backend_of
 from service.schemas import SearchBatchIn, SearchBatchOut, SearchIn, SearchOut
+
+
+class _FastJSON(JSONResponse):
+    """JSON rendered by pydantic-core (~4x the stdlib's json.dumps on a batch of hits). Distances are
+    finite floats, written in the shortest form that reads back to the same float64."""
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
+
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], route_class=ProblemRoute)
 
@@ -61,7 +71,7 @@ def _observe(request: Request, results: list[SearchResult]) -> None:
 
 
 @router.post("/search", response_model=SearchOut, summary="k nearest neighbours of a vector or a stored point")
-def search(name: str, body: SearchIn, request: Request) -> JSONResponse:
+def search(name: str, body: SearchIn, request: Request) -> _FastJSON:
     """By `vector` (or `vector_b64`) or by stored `id` (left out of its own answer). `metric` and
     `temperature` pick the index (a tri/ced temperature must be an indexed one); `exact` forces an
     exact answer on hnsw/ivf. Distances are in the metric's own units, smaller is nearer: squared L2
@@ -70,11 +80,11 @@ def search(name: str, body: SearchIn, request: Request) -> JSONResponse:
     q = _query(body, backend.dim(name), "")
     results = backend.search(name, [q])
     _observe(request, results)
-    return JSONResponse(_result_json(results[0], q))
+    return _FastJSON(_result_json(results[0], q))
 
 
 @router.post("/search/batch", response_model=SearchBatchOut, summary="Many searches in one call")
-def search_batch(name: str, body: SearchBatchIn, request: Request) -> JSONResponse:
+def search_batch(name: str, body: SearchBatchIn, request: Request) -> _FastJSON:
     """Searches that share index, k and exactness are answered by one FAISS call."""
     started = time.perf_counter()
     check_batch_size(len(body.searches), "searches", request.app.state.settings.max_batch)
@@ -83,5 +93,5 @@ def search_batch(name: str, body: SearchBatchIn, request: Request) -> JSONRespon
     queries = [_query(s, dim, f"searches.{i}.") for i, s in enumerate(body.searches)]
     results = backend.search(name, queries)
     _observe(request, results)
-    return JSONResponse({"results": [_result_json(r, q) for r, q in zip(results, queries)],
+    return _FastJSON({"results": [_result_json(r, q) for r, q in zip(results, queries)],
                          "took_ms": round((time.perf_counter() - started) * 1e3, 4)})

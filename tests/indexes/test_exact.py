@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,3 +62,32 @@ def test_pair_distances_equal_the_formulas_and_mark_missing_rows_infinite(rng):
             want = brute(metric, Q[r], X, t)
             for c, i in enumerate(rows[r]):
                 assert (got[r, c] == np.inf) if i < 0 else np.isclose(got[r, c], want[i], rtol=1e-12, atol=1e-15)
+
+
+_SERIAL_PROBE = """
+import sys
+import numpy as np
+import numba.np.ufunc.parallel as pool
+from indexes import exact
+X = np.random.default_rng(0).random((50, 16)).astype(np.float32)
+Q = np.random.default_rng(1).random((1, 16))
+rows = np.arange(10)[None, :]
+if sys.argv[1] == "both":  # fill the on-disk cache with both kernels
+    exact.pair_distances("cos", None, np.repeat(Q, 8, 0), X, np.repeat(rows, 8, 0))
+exact.pair_distances("cos", None, Q, X, rows)
+print(pool._is_initialized)
+"""
+
+
+def test_a_few_queries_never_start_the_thread_pool_even_from_numbas_cache(tmp_path):
+    # The serial kernel once shared the parallel one's cache entry: loaded from cache, a single
+    # query launched the OpenMP pool, whose spinning threads took a core from the event loop.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    repo = Path(__file__).resolve().parents[2]
+
+    def probe(which: str) -> str:
+        return subprocess.run([sys.executable, "-c", _SERIAL_PROBE, which], cwd=repo, env=env, check=True,
+                              capture_output=True, text=True, timeout=300).stdout.strip()
+
+    assert probe("both") == "True"  # the parallel kernel does start it (the probe can tell)
+    assert probe("one") == "False"  # a fresh process, every kernel from the cache: serial stays serial
