@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import ROLES, install_auth
 from service.backend import Backend
+from service.fastlane import SearchFastLane
 from service.limits import install_limits, problem_response
 from service.observability import install_observability
 from service.problems import document_problems, install_problem_handlers
@@ -63,8 +64,9 @@ class _WholeBodyLimit:
         await self.app(scope, counted, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app for `settings` (default: from the environment, as `uvicorn --factory` calls it)."""
+def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> FastAPI:
+    """The app for `settings` (default: from the environment, as `uvicorn --factory` calls it).
+    `fast_lane=False` leaves searches to FastAPI's routing alone (tests compare the two)."""
     settings = settings or load_settings()
     backend = Backend(settings)
 
@@ -91,8 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # _IncludedRouter, and auth and observability look each route up by its own path template.
         app.router.routes.extend(module.router.routes)
     # add_middleware puts each one outside the previous: observability sees every answer, auth
-    # answers before any body is read, then the body limits.
+    # answers before any body is read, then the body limits, then the search fast lane.
     document_problems(app, {key for key, role in ROLES.items() if role == "open"})
+    if fast_lane:
+        app.add_middleware(SearchFastLane, fastapi_app=app)
     app.add_middleware(_WholeBodyLimit, limit=settings.max_json_bytes)
     install_limits(app, settings)
     install_auth(app, settings)

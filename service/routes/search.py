@@ -2,7 +2,9 @@
 
 Plain `def` routes: FastAPI runs them in its thread pool and FAISS releases the GIL, so searches run
 concurrently without blocking the event loop. Responses are built as plain JSON (the models below
-document them) because this is the hot path.
+document them) because this is the hot path. These routes define the API; ordinary requests are
+answered by service.fastlane, which calls answer_search / answer_batch below without FastAPI's
+per-request machinery (tests/service/test_fastlane.py holds the two to the same answers).
 """
 
 from __future__ import annotations
@@ -11,20 +13,19 @@ import time
 from typing import Any
 
 import pydantic_core
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import InvalidInput
 from core.metrics import METRICS
-from service.backend import Query, SearchResult
+from service.backend import Backend, Query, SearchResult
 from service.ingest import check_batch_size, decode_vector_b64
 from service.observability import observe_search
 from service.problems import ProblemRoute
-from service.routes.collections import backend_of
 from service.schemas import SearchBatchIn, SearchBatchOut, SearchIn, SearchOut
 
 
-class _FastJSON(JSONResponse):
+class FastJSON(JSONResponse):
     """JSON rendered by pydantic-core (~4x the stdlib's json.dumps on a batch of hits). Distances are
     finite floats, written in the shortest form that reads back to the same float64."""
 
@@ -65,33 +66,43 @@ def _result_json(r: SearchResult, q: Query) -> dict[str, Any]:
             "hits": hits}
 
 
-def _observe(request: Request, results: list[SearchResult]) -> None:
+def _observe(app: Any, results: list[SearchResult]) -> None:
     for r in results:
-        observe_search(request, r.metric, r.kind, r.seconds, r.how)
+        observe_search(app, r.metric, r.kind, r.seconds, r.how)
+
+
+def answer_search(app: FastAPI, name: str, body: SearchIn) -> dict[str, Any]:
+    """The answer to one search, as JSON-ready data (also called by service.fastlane)."""
+    backend: Backend = app.state.backend
+    q = _query(body, backend.dim(name), "")
+    results = backend.search(name, [q])
+    _observe(app, results)
+    return _result_json(results[0], q)
+
+
+def answer_batch(app: FastAPI, name: str, body: SearchBatchIn) -> dict[str, Any]:
+    """The answer to a batch of searches, as JSON-ready data (also called by service.fastlane)."""
+    started = time.perf_counter()
+    check_batch_size(len(body.searches), "searches", app.state.settings.max_batch)
+    backend: Backend = app.state.backend
+    dim = backend.dim(name)
+    queries = [_query(s, dim, f"searches.{i}.") for i, s in enumerate(body.searches)]
+    results = backend.search(name, queries)
+    _observe(app, results)
+    return {"results": [_result_json(r, q) for r, q in zip(results, queries)],
+            "took_ms": round((time.perf_counter() - started) * 1e3, 4)}
 
 
 @router.post("/search", response_model=SearchOut, summary="k nearest neighbours of a vector or a stored point")
-def search(name: str, body: SearchIn, request: Request) -> _FastJSON:
+def search(name: str, body: SearchIn, request: Request) -> FastJSON:
     """By `vector` (or `vector_b64`) or by stored `id` (left out of its own answer). `metric` and
     `temperature` pick the index (a tri/ced temperature must be an indexed one); `exact` forces an
     exact answer on hnsw/ivf. Distances are in the metric's own units, smaller is nearer: squared L2
     (euc), 1 - cos (cos), TRI eq. 5 (tri), CED in nats (ced)."""
-    backend = backend_of(request)
-    q = _query(body, backend.dim(name), "")
-    results = backend.search(name, [q])
-    _observe(request, results)
-    return _FastJSON(_result_json(results[0], q))
+    return FastJSON(answer_search(request.app, name, body))
 
 
 @router.post("/search/batch", response_model=SearchBatchOut, summary="Many searches in one call")
-def search_batch(name: str, body: SearchBatchIn, request: Request) -> _FastJSON:
+def search_batch(name: str, body: SearchBatchIn, request: Request) -> FastJSON:
     """Searches that share index, k and exactness are answered by one FAISS call."""
-    started = time.perf_counter()
-    check_batch_size(len(body.searches), "searches", request.app.state.settings.max_batch)
-    backend = backend_of(request)
-    dim = backend.dim(name)
-    queries = [_query(s, dim, f"searches.{i}.") for i, s in enumerate(body.searches)]
-    results = backend.search(name, queries)
-    _observe(request, results)
-    return _FastJSON({"results": [_result_json(r, q) for r, q in zip(results, queries)],
-                         "took_ms": round((time.perf_counter() - started) * 1e3, 4)})
+    return FastJSON(answer_batch(request.app, name, body))
