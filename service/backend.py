@@ -815,7 +815,8 @@ class Backend:
         coll, iset = self._ready(name)
         if not queries:
             return []
-        plans = [self._plan(coll, iset, q, f"searches.{i}." if len(queries) > 1 else "")
+        picked: dict[tuple[Any, Any, Any], IndexSpec] = {}  # a batch mostly asks one index
+        plans = [self._plan(coll, iset, q, f"searches.{i}." if len(queries) > 1 else "", picked)
                  for i, q in enumerate(queries)]
         groups: dict[tuple[str, int, bool], list[int]] = {}
         for i, (q, (spec, _, _)) in enumerate(zip(queries, plans)):
@@ -833,14 +834,17 @@ class Backend:
                     answers[i] = (h, seconds)
         return self._results(coll, queries, plans, answers)
 
-    def _plan(self, coll: _Collection, iset: IndexSet, q: Query,
-              prefix: str) -> tuple[IndexSpec, npt.NDArray[np.float64], int | None]:
+    def _plan(self, coll: _Collection, iset: IndexSet, q: Query, prefix: str,
+              picked: dict[tuple[Any, Any, Any], IndexSpec]) -> tuple[IndexSpec, npt.NDArray[np.float64], int | None]:
         """(the index to ask, the query vector, the internal id to leave out)."""
         if isinstance(q.k, bool) or not isinstance(q.k, int) or q.k < 1:
             raise InvalidInput(f"{prefix}k", f"must be a whole number >= 1, got {q.k!r}")
         if q.k > self.settings.max_k:
             raise LimitExceeded(f"{prefix}k", f"at most {self.settings.max_k} (LOGITSEARCH_MAX_K), got {q.k}")
-        spec = self._pick(coll, q, prefix)
+        key = (q.metric, q.temperature, q.kind)
+        spec = picked.get(key)
+        if spec is None:
+            spec = picked[key] = self._pick(coll, q, prefix)
         exclude = None
         if (q.vector is None) == (q.id is None):
             raise InvalidInput(f"{prefix}vector", "give exactly one of vector and id")
@@ -909,18 +913,24 @@ class Backend:
         stored = self.store.points(coll.cid, sorted(wanted), vector=any(queries[r].with_vector for r in extra),
                                    payload=any(queries[r].with_payload for r in extra)) if wanted else {}
         out = []
+        ext_of = coll.ext_of
         for q, (spec, _, _), answer in zip(queries, plans, answers):
             if answer is None:  # cannot happen: every query is in one group
                 raise StorageError("search lost a query")
             hits, seconds = answer
-            items = []
-            for iid, d in zip(hits.ids.tolist(), hits.distances.tolist()):
-                ext = coll.ext_of.get(iid)
-                if ext is None:  # deleted while this search ran
-                    continue
-                sp = stored.get(iid)
-                items.append(Hit(ext, d, sp.payload if sp is not None and q.with_payload else None,
-                                 sp.vector if sp is not None and q.with_vector else None))
+            iids, dists = hits.ids.tolist(), hits.distances.tolist()
+            if not (q.with_payload or q.with_vector):  # the common case, kept tight: 1,000 hits a batch
+                # an id missing from ext_of was deleted while this search ran
+                items = [Hit(e, d) for e, d in zip(map(ext_of.get, iids), dists) if e is not None]
+            else:
+                items = []
+                for iid, d in zip(iids, dists):
+                    ext = ext_of.get(iid)
+                    if ext is None:
+                        continue
+                    sp = stored.get(iid)
+                    items.append(Hit(ext, d, sp.payload if sp is not None and q.with_payload else None,
+                                     sp.vector if sp is not None and q.with_vector else None))
             out.append(SearchResult(spec.metric, spec.temperature, spec.key, spec.kind, hits.how, q.k, items, seconds))
         return out
 

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -81,7 +81,8 @@ class Metrics:
                                       "HTTP request latency, by route template", ["method", "route"],
                                       registry=registry),
             search_seconds=Histogram("logitsearch_search_duration_seconds",
-                                     "k-NN search latency inside the service, by metric and index kind",
+                                     "k-NN search latency inside the service, by metric and index kind: one "
+                                     "observation per index call (a batch's queries sharing an index are one)",
                                      ["metric", "kind"], buckets=_SEARCH_BUCKETS, registry=registry),
             search_answers=Counter("logitsearch_search_answers",
                                    "search answers by metric and how they were obtained",
@@ -135,15 +136,18 @@ def _metrics(where: Request | FastAPI) -> Metrics | None:
     return metrics if isinstance(metrics, Metrics) else None
 
 
-def observe_search(where: Request | FastAPI, metric: str, kind: str, seconds: float, how: str | None = None) -> None:
-    """Record one search: `metric` (euc, cos, tri, ced…), index `kind` (flat, hnsw, ivf), its latency
-    in seconds and, when known, how the answer was obtained (certified, scanned, approximate)."""
+def observe_search(where: Request | FastAPI, metric: str, kind: str, seconds: float,
+                   how: str | Mapping[str, int] | None = None) -> None:
+    """Record one index call: `metric` (euc, cos, tri, ced…), index `kind` (flat, hnsw, ivf), its
+    latency in seconds and, when known, how the answers were obtained (certified, scanned,
+    approximate): one answer, or {how: number of answers} for a batch's queries in one call."""
     metrics = _metrics(where)
     if metrics is None:
         return
     metrics.child(metrics.search_seconds, metric, kind).observe(seconds)
-    if how is not None:
-        metrics.child(metrics.search_answers, metric, how).inc()
+    counts = {how: 1} if isinstance(how, str) else (how or {})
+    for h, n in counts.items():
+        metrics.child(metrics.search_answers, metric, h).inc(n)
 
 
 def count_ingested(where: Request | FastAPI, n: int) -> None:

@@ -53,22 +53,31 @@ def _query(body: SearchIn, dim: int, prefix: str) -> Query:
 
 def _result_json(r: SearchResult, q: Query) -> dict[str, Any]:
     m = METRICS[r.metric]
-    hits = []
-    for h in r.hits:
-        hit: dict[str, Any] = {"id": h.id, "distance": h.distance}
-        if q.with_payload:
-            hit["payload"] = h.payload
-        if q.with_vector:
-            hit["vector"] = h.vector.tolist() if h.vector is not None else None
-        hits.append(hit)
+    if not (q.with_payload or q.with_vector):
+        hits = [{"id": h.id, "distance": h.distance} for h in r.hits]
+    else:
+        hits = []
+        for h in r.hits:
+            hit: dict[str, Any] = {"id": h.id, "distance": h.distance}
+            if q.with_payload:
+                hit["payload"] = h.payload
+            if q.with_vector:
+                hit["vector"] = h.vector.tolist() if h.vector is not None else None
+            hits.append(hit)
     return {"metric": r.metric, "temperature": r.temperature, "formula": m.formula, "units": m.units,
             "index": r.index, "kind": r.kind, "how": r.how, "k": r.k, "took_ms": round(r.seconds * 1e3, 4),
             "hits": hits}
 
 
 def _observe(app: Any, results: list[SearchResult]) -> None:
+    """One latency observation per index call (the queries of a batch that went to FAISS together
+    share one `seconds`), and every query's answer counted by how it was obtained."""
+    calls: dict[tuple[str, str, str, float], dict[str, int]] = {}
     for r in results:
-        observe_search(app, r.metric, r.kind, r.seconds, r.how)
+        hows = calls.setdefault((r.metric, r.kind, r.index, r.seconds), {})
+        hows[r.how] = hows.get(r.how, 0) + 1
+    for (metric, kind, _, seconds), hows in calls.items():
+        observe_search(app, metric, kind, seconds, hows)
 
 
 def answer_search(app: FastAPI, name: str, body: SearchIn) -> dict[str, Any]:

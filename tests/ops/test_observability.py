@@ -196,3 +196,22 @@ def test_metrics_stay_up_when_the_backend_cannot_report_sizes():
         response = client.get("/metrics")
     assert response.status_code == 200 and "logitsearch_http_requests_total" in response.text
     assert "logitsearch_collection_points{" not in response.text
+
+
+def test_a_batch_is_one_latency_observation_per_index_call_and_one_answer_per_query(tmp_path):
+    from service.app import create_app
+    from service.settings import load_settings
+
+    app = create_app(load_settings({"data_dir": str(tmp_path)}, environ={}))
+    with TestClient(app) as client:
+        client.put("/v1/collections/b", json={"dim": 3, "metrics": ["euc", "cos"]})
+        client.put("/v1/collections/b/points", params={"wait": "true"},
+                   json={"ids": [1, 2, 3], "vectors": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]})
+        searches = [{"vector": [1, 2, 3], "metric": "euc"}] * 3 + [{"vector": [1, 2, 3], "metric": "cos"}]
+        r = client.post("/v1/collections/b/search/batch", json={"searches": searches})
+        assert r.status_code == 200, r.text
+        samples = _samples(client)
+    for metric, calls, answers in (("euc", 1, 3), ("cos", 1, 1)):
+        assert samples[("logitsearch_search_duration_seconds_count", (("kind", "flat"), ("metric", metric)))] == calls
+        assert sum(v for (n, labels), v in samples.items()
+                   if n == "logitsearch_search_answers_total" and ("metric", metric) in labels) == answers
