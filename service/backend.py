@@ -195,14 +195,27 @@ class Hit(NamedTuple):
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One query's answer. Hits are kept as columns (ids, distances, and payloads/vectors when asked
+    for): a batch of 100 queries has 1,000 hits, and building an object per hit was a measurable
+    part of a batch request; `hits` gives them as Hit tuples."""
+
     metric: str
     temperature: float | None
     index: str
     kind: str
     how: str
     k: int
-    hits: list[Hit]
+    ids: list[Ext]
+    distances: list[float]
     seconds: float
+    payloads: list[dict[str, Any] | None] | None = None
+    vectors: list[F32 | None] | None = None
+
+    @property
+    def hits(self) -> list[Hit]:
+        n = len(self.ids)
+        return [Hit(*h) for h in zip(self.ids, self.distances, self.payloads or [None] * n,
+                                     self.vectors or [None] * n)]
 
 
 # --- the collection at run time --------------------------------------------------------------------
@@ -919,19 +932,19 @@ class Backend:
                 raise StorageError("search lost a query")
             hits, seconds = answer
             iids, dists = hits.ids.tolist(), hits.distances.tolist()
-            if not (q.with_payload or q.with_vector):  # the common case, kept tight: 1,000 hits a batch
-                # an id missing from ext_of was deleted while this search ran
-                items = [Hit(e, d) for e, d in zip(map(ext_of.get, iids), dists) if e is not None]
-            else:
-                items = []
-                for iid, d in zip(iids, dists):
-                    ext = ext_of.get(iid)
-                    if ext is None:
-                        continue
-                    sp = stored.get(iid)
-                    items.append(Hit(ext, d, sp.payload if sp is not None and q.with_payload else None,
-                                     sp.vector if sp is not None and q.with_vector else None))
-            out.append(SearchResult(spec.metric, spec.temperature, spec.key, spec.kind, hits.how, q.k, items, seconds))
+            exts = list(map(ext_of.get, iids))
+            if None in exts:  # deleted while this search ran
+                keep = [e is not None for e in exts]
+                iids, exts, dists = ([v for v, ok in zip(col, keep) if ok] for col in (iids, exts, dists))
+            payloads = vectors = None
+            if q.with_payload or q.with_vector:
+                rows = [stored.get(iid) for iid in iids]
+                if q.with_payload:
+                    payloads = [r.payload if r is not None else None for r in rows]
+                if q.with_vector:
+                    vectors = [r.vector if r is not None else None for r in rows]
+            out.append(SearchResult(spec.metric, spec.temperature, spec.key, spec.kind, hits.how, q.k, exts, dists,
+                                    seconds, payloads, vectors))
         return out
 
 

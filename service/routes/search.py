@@ -53,17 +53,13 @@ def _query(body: SearchIn, dim: int, prefix: str) -> Query:
 
 def _result_json(r: SearchResult, q: Query) -> dict[str, Any]:
     m = METRICS[r.metric]
-    if not (q.with_payload or q.with_vector):
-        hits = [{"id": h.id, "distance": h.distance} for h in r.hits]
-    else:
-        hits = []
-        for h in r.hits:
-            hit: dict[str, Any] = {"id": h.id, "distance": h.distance}
-            if q.with_payload:
-                hit["payload"] = h.payload
-            if q.with_vector:
-                hit["vector"] = h.vector.tolist() if h.vector is not None else None
-            hits.append(hit)
+    hits = [{"id": e, "distance": d} for e, d in zip(r.ids, r.distances)]
+    if r.payloads is not None:
+        for hit, p in zip(hits, r.payloads):
+            hit["payload"] = p
+    if r.vectors is not None:
+        for hit, v in zip(hits, r.vectors):
+            hit["vector"] = v.tolist() if v is not None else None
     return {"metric": r.metric, "temperature": r.temperature, "formula": m.formula, "units": m.units,
             "index": r.index, "kind": r.kind, "how": r.how, "k": r.k, "took_ms": round(r.seconds * 1e3, 4),
             "hits": hits}
