@@ -209,3 +209,42 @@ def test_a_snapshot_that_fails_its_replay_is_rebuilt_from_sqlite(tmp_path, rng, 
     assert b2.get_collection("c").status == "ready" and len(calls) >= 2
     Q = rng.normal(size=(3, 6))
     assert [a[0] for a in _answers(b2, "c", Q)] == _expected(X, ids, Q, [True] * 120)
+
+
+def test_wal_checkpoints_run_off_the_commit_and_keep_every_write(tmp_path, rng):
+    from service import store as store_module
+
+    b = _backend(tmp_path / "data")
+    try:
+        db = tmp_path / "data" / FILENAME
+        assert b.store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # never inside COMMIT
+        b.create_collection("w", CollectionConfig.create(256, ["euc"]))
+        X = rng.normal(size=(6000, 256)).astype(np.float32)  # ~6 MB of vectors: past CHECKPOINT_BYTES
+        assert X.nbytes > store_module.CHECKPOINT_BYTES
+        size_before = db.stat().st_size
+        b.bulk_upsert("w", iter([X]), range(len(X)), wait=True)
+        deadline = time.monotonic() + 30
+        while b.store._checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.store._checkpointer.checkpoints >= 1
+        assert db.stat().st_size - size_before >= X.nbytes  # the rows reached the database file
+        # every row is in the database, and the WAL can be emptied into it
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM points").fetchone()[0] == len(X)
+        finally:
+            conn.close()
+    finally:
+        b.close()
+    assert not b.store._checkpointer  # stopped with the store
+
+
+def test_a_small_write_does_not_wake_the_checkpointer(tmp_path, rng):
+    b = _backend(tmp_path / "data")
+    try:
+        _fill(b, rng)
+        time.sleep(0.2)
+        assert b.store._checkpointer.checkpoints == 0
+    finally:
+        b.close()
