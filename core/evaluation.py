@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import isotonic_regression
 
 from core import _kernels as K
 from core.divergences import ALL_COLUMNS
@@ -471,6 +470,8 @@ def shepard_data(X: Any, t: float, metric: str, *, query: Any = None, exclude: i
     ced, values = C[:, 0], C[:, _COLUMN[name]]
     order = np.argsort(ced, kind="stable")
     fitted = np.empty(n)
+    from scipy.optimize import isotonic_regression  # imported when first used (start-up time)
+
     fitted[order] = isotonic_regression(values[order], increasing=True).x
     keep = np.arange(n) if n <= max_points else np.random.default_rng(seed).choice(n, max_points, replace=False)
     keep = keep[np.argsort(ced[keep], kind="stable")]

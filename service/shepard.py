@@ -10,9 +10,6 @@ from __future__ import annotations
 import io
 import math
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from core.evaluation import ShepardData
 from core.metrics import METRICS
 
@@ -27,6 +24,10 @@ def shepard_png(data: ShepardData, *, width: int = 800, height: int = 600, title
     Points are drawn small and translucent (up to ~10k of them); the isotonic line is drawn over
     the same points, sorted by CED. An undefined rho is shown as such, with its reason.
     """
+    # matplotlib takes ~0.7 s to import: loaded on the first diagram, not at server start
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

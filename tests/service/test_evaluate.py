@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +178,12 @@ def test_non_finite_temperature_and_empty_or_unknown_collection(client):
     problem(client.get("/v1/collections/logits/roughness", params={"temperatures": "1,x"}), 422, "temperatures")
     problem(client.post("/v1/collections/logits/evaluate/shepard.png",
                          json={"id": "row-1", "temperature": 1, "metric": "ced"}), 422, "metric")
+
+
+def test_scipy_stats_and_matplotlib_load_on_first_use_not_at_server_start():
+    # together ~1.5 s of the server's start (and of every CLI call that imports the app)
+    code = ("import sys, service.app; "
+            "print(sorted(m for m in ('matplotlib', 'scipy.stats', 'scipy.optimize') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], check=True,
+                         capture_output=True, text=True, timeout=120).stdout.strip()
+    assert out == "[]"
