@@ -260,9 +260,13 @@ def scan(metric: str, t: float | None, Q: F64, X: F32, ids: I64, k: int,
     return _trim(best_i, best_d)
 
 
+#: candidate rows up to this width skip the partition step of _merge (a re-rank of k' ~ k is one sort)
+_SORT_WIDTH = 64
+
+
 def _merge(D: F64, I: I64, k: int) -> tuple[F64, I64]:
     """Per row, the k smallest of D (ties by smaller id), sorted; inf where fewer exist."""
-    if D.shape[1] > k:
+    if D.shape[1] > max(k, _SORT_WIDTH):  # narrower rows are sorted whole: cheaper than partitioning
         part = np.argpartition(D, k - 1, axis=1)
         kth = np.take_along_axis(D, part[:, k - 1 : k], axis=1)
         # keep everything tied with the k-th value so the id tie-break is the same in every path

@@ -203,9 +203,14 @@ _OMP_THREADS = faiss.omp_get_max_threads()
 _SMALL_BATCH = 20
 
 
+#: the OpenMP thread count this thread last gave FAISS
+_omp_setting = threading.local()
+
+
 def _faiss_call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     if what != "search":
         faiss.omp_set_num_threads(_OMP_THREADS)
+        _omp_setting.n = _OMP_THREADS
     try:
         return fn(*args, **kwargs)
     except RuntimeError as exc:
@@ -213,8 +218,12 @@ def _faiss_call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
 
 def _threads_for(m: int) -> None:
-    # OpenMP's thread count is per calling thread, so concurrent searches do not disturb each other
-    faiss.omp_set_num_threads(1 if m < _SMALL_BATCH else _OMP_THREADS)
+    # OpenMP's thread count is per calling thread, so concurrent searches do not disturb each other;
+    # remembered per thread, since the SWIG call itself showed in single-query profiles
+    n = 1 if m < _SMALL_BATCH else _OMP_THREADS
+    if getattr(_omp_setting, "n", None) != n:
+        faiss.omp_set_num_threads(n)
+        _omp_setting.n = n
 
 
 class MetricIndex(ABC):
