@@ -605,9 +605,11 @@ class Backend:
             future = coll.applier.submit(self._apply, coll, seq, iids, X, None)
         return self._result(seq, future, len(ids), wait)
 
-    def bulk_upsert(self, name: str, chunks: Iterable[F32], ids: Iterable[Ext], *, wait: bool = True) -> WriteResult:
+    def bulk_upsert(self, name: str, chunks: Iterable[F32], ids: Iterable[Ext], *, wait: bool = True,
+                    payloads: Sequence[str | None] | None = None) -> WriteResult:
         """Insert or replace many points in ONE transaction, chunk by chunk (`chunks`: float32 rows,
-        already checked; `ids`: one per row, e.g. a range). Nothing is written unless all of it is."""
+        already checked; `ids`: one per row, e.g. a range; `payloads`: one JSON text or None per row,
+        checked). Nothing is written unless all of it is."""
         coll, _ = self._ready(name)
         id_iter = iter(ids)
         with coll.lock:
@@ -632,7 +634,10 @@ class Backend:
                         for j, r in enumerate(fresh):
                             iids[r] = start + j
                             all_fresh.append((exts[r], start + j))
-                    tx.put_points(coll.cid, seq, iids.tolist(), exts, X, None)
+                    if payloads is not None and n + len(X) > len(payloads):
+                        raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
+                    tx.put_points(coll.cid, seq, iids.tolist(), exts, X,
+                                  None if payloads is None else payloads[n:n + len(X)])
                     n += len(X)
                     if kept is not None:
                         kept = kept + [(iids, X)] if n * X.shape[1] * 4 <= BULK_KEEP_BYTES else None
@@ -640,6 +645,8 @@ class Backend:
                     raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
                 if n == 0:
                     raise InvalidInput("body", "the matrix has no rows")
+                if payloads is not None and len(payloads) != n:
+                    raise InvalidInput("payloads", f"{len(payloads)} payloads for {n} rows")
             coll.last_seq = seq
             for e, i in all_fresh:
                 coll.iid_of[e] = i

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,24 @@ def _point_id(raw: str, id_type: str) -> int | str:
     return raw
 
 
+def _per_row(path: str, rows: int, parse: Callable[[str], Any], what: str) -> list[Any]:
+    """Line i of the text file `path`, parsed, for row i; ValueError naming the file and line."""
+    out = []
+    for j, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+        try:
+            out.append(parse(line))
+        except ValueError as exc:
+            raise ValueError(f"{path} line {j + 1}: {exc}") from None
+    if len(out) != rows:
+        raise ValueError(f"{path} has {len(out)} {what} for {rows} rows")
+    return out
+
+
+def _payload_line(line: str) -> Any:
+    """One JSON Lines payload: an object, or None for an empty line or null."""
+    return None if line.strip() in ("", "null") else json.loads(line)
+
+
 def _ingest(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -93,17 +111,12 @@ def _ingest(args: argparse.Namespace) -> int:
     if X.ndim != 2:
         print(f"logitsearch: {path} must hold a 2-D array (rows, dim), not shape {X.shape}", file=sys.stderr)
         return 2
-    ids = None
-    if args.ids:
-        lines = Path(args.ids).read_text(encoding="utf-8").splitlines()
-        try:
-            ids = [int(v) for v in lines] if args.id_type == "int" else lines
-        except ValueError as exc:
-            print(f"logitsearch: {args.ids}: {exc} (--id-type int needs integers)", file=sys.stderr)
-            return 2
-        if len(ids) != X.shape[0]:
-            print(f"logitsearch: {args.ids} has {len(ids)} ids for {X.shape[0]} rows", file=sys.stderr)
-            return 2
+    try:
+        ids = _per_row(args.ids, X.shape[0], int if args.id_type == "int" else str, "ids") if args.ids else None
+        payloads = _per_row(args.payloads, X.shape[0], _payload_line, "lines") if args.payloads else None
+    except ValueError as exc:
+        print(f"logitsearch: {exc}", file=sys.stderr)
+        return 2
     with _client(args) as client:
         if args.create:
             client.create_collection(args.name, int(X.shape[1]), metrics=args.metrics, temperatures=args.temperatures,
@@ -112,7 +125,7 @@ def _ingest(args: argparse.Namespace) -> int:
         with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"ingest {args.name}",
                   disable=args.quiet, file=sys.stderr) as bar:
             result = client.upload_npy(args.name, path, ids=ids, start=args.start, wait=not args.no_wait,
-                                       progress=bar.update)
+                                       progress=bar.update, payloads=payloads)
         seconds = time.perf_counter() - started
     rate = result["count"] / seconds if seconds > 0 else float("inf")
     print(f"ingested {result['count']:,} points into {args.name!r} in {seconds:.2f} s ({rate:,.0f} points/s); "
@@ -278,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("file", help=".npy file, float32 or float64, shape (rows, dim)")
     ingest.add_argument("--ids", help="text file with one id per line (line i names row i)")
     ingest.add_argument("--id-type", choices=["str", "int"], default="str", help="how to read --ids (default str)")
+    ingest.add_argument("--payloads", help="JSON Lines file, line i the payload of row i (an object, or null)")
     ingest.add_argument("--start", type=int, help="without --ids: ids are start, start+1, ... (default 0)")
     ingest.add_argument("--create", action="store_true", help="create the collection first (dim from the file); "
                                                              "fine if it exists with the same configuration")

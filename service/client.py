@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -269,17 +270,30 @@ class _Api:
         return self._send_all(calls(), _combine_writes)
 
     def upload_npy(self, name: str, source: str | Path | npt.NDArray[Any], *, ids: Sequence[Id] | None = None,
-                   start: int | None = None, wait: bool = True, progress: Callable[[int], None] | None = None) -> Any:
+                   start: int | None = None, wait: bool = True, progress: Callable[[int], None] | None = None,
+                   payloads: Sequence[dict[str, Any] | None] | None = None) -> Any:
         """Bulk ingest a .npy file or an array in ONE streamed request (one transaction): ids are
-        `start`, `start+1`, ... (raw body) or `ids` (multipart with an ids file; all int or all str).
-        `progress(bytes)` is called as the body is sent."""
+        `start`, `start+1`, ... (raw body) or `ids` (multipart with an ids file; all int or all str);
+        `payloads` (one dict or None per row) go as a JSON Lines part. `progress(bytes)` is called as
+        the body is sent."""
         rows, pieces = _npy_pieces(source, progress)
         path = f"/v1/collections/{name}/points/bulk"
         params = {"wait": "true" if wait else "false"}
+        files: dict[str, Any] = {}
+        if payloads is not None:
+            if len(payloads) != rows:
+                raise ValueError(f"{len(payloads)} payloads for {rows} rows")
+            lines = "".join(("null" if p is None else json.dumps(p, separators=(",", ":"))) + "\n" for p in payloads)
+            files["payloads"] = ("payloads.jsonl", lines.encode(), "application/jsonl")
         if ids is None:
-            params["start"] = str(0 if start is None else int(start))
-            return self._send(_Call("POST", path, _json, params=params, content=pieces,
-                                    headers={"content-type": "application/octet-stream"}))
+            first = str(0 if start is None else int(start))
+            if not files:
+                params["start"] = first
+                return self._send(_Call("POST", path, _json, params=params, content=pieces,
+                                        headers={"content-type": "application/octet-stream"}))
+            return self._send(_Call("POST", path, _json, params=params, data={"start": first},
+                                    files={**files, "file": ("matrix.npy", _Readable(pieces),
+                                                             "application/octet-stream")}))
         if len(ids) != rows:
             raise ValueError(f"{len(ids)} ids for {rows} rows")
         kinds = {type(i) for i in ids}
@@ -289,7 +303,7 @@ class _Api:
         if kinds == {str} and any("\n" in i or "\r" in i for i in ids):  # type: ignore[operator]
             raise ValueError("ids for a bulk upload cannot contain line breaks")
         return self._send(_Call("POST", path, _json, params=params,
-                                files={"ids": ("ids.txt", text.encode(), "text/plain"),
+                                files={"ids": ("ids.txt", text.encode(), "text/plain"), **files,
                                        "file": ("matrix.npy", _Readable(pieces), "application/octet-stream")},
                                 data={"id_type": "int" if kinds == {int} else "str"}))
 

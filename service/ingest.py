@@ -218,6 +218,33 @@ class NpyStream:
             raise InvalidInput(self.field, f"trailing bytes after the {self.rows} rows the header declares")
 
 
+def parse_payloads(text: str, rows: int, field: str = "payloads") -> list[str | None]:
+    """Payloads from JSON Lines, line i for row i: a JSON object, or an empty line / `null` for none.
+    Returns each as compact JSON text (what the store keeps), checked like an upsert's payloads."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != rows:
+        raise InvalidInput(field, f"{len(lines)} lines for {rows} rows (one JSON object or null per row)")
+    out: list[str | None] = []
+    for j, line in enumerate(lines):
+        line = line.strip()
+        if line in ("", "null"):
+            out.append(None)
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(field, f"line {j + 1}: not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise InvalidInput(field, f"line {j + 1}: a payload must be a JSON object, got {type(value).__name__}")
+        try:
+            out.append(_payload_json(value, field))
+        except InvalidInput as exc:
+            raise InvalidInput(field, f"line {j + 1}: {exc.reason}") from None
+    return out
+
+
 def parse_ids(text: str, id_type: str, field: str = "ids") -> list[Ext]:
     """Ids from a text file, one per line (a final newline is fine): strings, or integers with int."""
     lines = text.split("\n")

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from core.errors import InvalidInput, NotFound
 from service.backend import Point, WriteResult
-from service.ingest import NpyStream, batch, check_batch_size, parse_ids
+from service.ingest import NpyStream, batch, check_batch_size, parse_ids, parse_payloads
 from service.observability import count_ingested
 from service.problems import ProblemRoute
 from service.routes.collections import backend_of
@@ -48,6 +48,8 @@ _BULK_BODY = {
                 "ids": {"type": "string", "format": "binary", "description": "text file, one id per line"},
                 "id_type": {"type": "string", "enum": ["str", "int"], "default": "str"},
                 "start": {"type": "integer", "minimum": 0, "description": "ids start, start+1, ... instead"},
+                "payloads": {"type": "string", "format": "binary",
+                             "description": "JSON Lines, line i for row i: an object, or an empty line or null"},
             }}},
     },
 }
@@ -104,13 +106,13 @@ def _range(start: int | None, n: int, field: str) -> Iterable[int]:
     return range(start, start + n)
 
 
-def _form_text(value: Any) -> str:
+def _form_text(value: Any, field: str) -> str:
     if isinstance(value, UploadFile):
         data: bytes = value.file.read()
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidInput("ids", "the ids file must be UTF-8 text") from None
+            raise InvalidInput(field, f"the {field} file must be UTF-8 text") from None
     return str(value)
 
 
@@ -123,8 +125,9 @@ def bulk(name: str, request: Request, response: Response, wait: Wait = True,
          ) -> WriteOut:
     """A raw `.npy` body (`Content-Type: application/octet-stream`, ids `start`, `start+1`, …) is
     streamed: read, checked and inserted ~8 MiB at a time inside ONE transaction, so 100k x 1000 goes
-    in one request without a copy in memory. Multipart (`file`, and `ids` one per line or `start`)
-    is spooled to a temporary file by the form parser, then read the same way. Ids must be unique;
+    in one request without a copy in memory. Multipart (`file`, and `ids` one per line or `start`,
+    optionally `payloads` as JSON Lines) is spooled to a temporary file by the form parser, then read
+    the same way. Ids must be unique;
     nothing is written unless every row is good."""
     backend = backend_of(request)
     dim = backend.dim(name)
@@ -133,7 +136,7 @@ def bulk(name: str, request: Request, response: Response, wait: Wait = True,
         npy = NpyStream(_Body(request), dim, "body")
         result = backend.bulk_upsert(name, npy.chunks(), _range(start, npy.rows, "start"), wait=wait)
     elif content_type == "multipart/form-data":
-        form = anyio.from_thread.run(functools.partial(request.form, max_files=2, max_fields=8))
+        form = anyio.from_thread.run(functools.partial(request.form, max_files=3, max_fields=8))
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
@@ -144,7 +147,7 @@ def bulk(name: str, request: Request, response: Response, wait: Wait = True,
                 raise InvalidInput("id_type", f"must be str or int, got {id_type!r}")
             ids: Iterable[Any]
             if form.get("ids") is not None:
-                ids = parse_ids(_form_text(form.get("ids")), id_type)
+                ids = parse_ids(_form_text(form.get("ids"), "ids"), id_type)
                 if len(ids) != npy.rows:
                     raise InvalidInput("ids", f"{len(ids)} ids for {npy.rows} rows")
             else:
@@ -154,7 +157,10 @@ def bulk(name: str, request: Request, response: Response, wait: Wait = True,
                 except ValueError:
                     raise InvalidInput("start", f"must be an integer, got {str(raw_start)[:40]!r}") from None
                 ids = _range(first, npy.rows, "start")
-            result = backend.bulk_upsert(name, npy.chunks(), ids, wait=wait)
+            payloads = None
+            if form.get("payloads") is not None:
+                payloads = parse_payloads(_form_text(form.get("payloads"), "payloads"), npy.rows)
+            result = backend.bulk_upsert(name, npy.chunks(), ids, wait=wait, payloads=payloads)
         finally:
             anyio.from_thread.run(form.close)
     else:

@@ -173,3 +173,58 @@ def test_a_body_over_max_body_bytes_is_413_before_anything_is_written(client_wit
     problem(c.post(B, params={"start": 0}, content=pieces(), headers=RAW), 413)
     problem(c.post(B, params={"start": 0}, content=X, headers=RAW), 413)
     assert c.get(f"{C}/b").json()["count"] == 0
+
+
+def test_multipart_payloads_as_json_lines_are_stored_row_by_row(coll, rng):
+    X = rng.normal(size=(4, 5)).astype(np.float32)
+    lines = '{"label": 3, "file": "a.jpg"}\n\nnull\n{"split": "val", "nested": {"x": [1, 2]}}\n'
+    r = coll.post(B, files={"file": ("x.npy", npy(X)), "payloads": ("p.jsonl", lines.encode())}, data={"start": "10"})
+    assert r.status_code == 200 and r.json()["count"] == 4
+    got = coll.post(f"{C}/b/points/get", json={"ids": [10, 11, 12, 13]}).json()["points"]
+    assert [p["payload"] for p in got] == [{"label": 3, "file": "a.jpg"}, None, None,
+                                           {"split": "val", "nested": {"x": [1, 2]}}]
+    hit = coll.post(f"{C}/b/search", json={"vector": X[0].astype(float).tolist(), "k": 1, "metric": "euc"}).json()
+    assert hit["hits"][0]["payload"] == {"label": 3, "file": "a.jpg"}
+    # with an ids file too, and payloads as a plain form field
+    files = {"file": ("x.npy", npy(X[:2])), "ids": ("ids.txt", b"u\nv\n")}
+    assert coll.post(B, files=files, data={"payloads": '{"k": 1}\n{"k": 2}'}).status_code == 200
+    assert [p["payload"] for p in coll.post(f"{C}/b/points/get", json={"ids": ["u", "v"]}).json()["points"]] == [
+        {"k": 1}, {"k": 2}]
+
+
+@pytest.mark.parametrize("lines,needle", [
+    ('{"a": 1}\n{"a": 2}\n', "2 lines for 3 rows"),
+    ('{"a": 1}\n{"a": 2}\n{"a": 3}\n{"a": 4}\n', "4 lines for 3 rows"),
+    ('{"a": 1}\n[1, 2]\n{"a": 3}\n', "line 2: a payload must be a JSON object"),
+    ('{"a": 1}\n{"a": 2}\n{oops\n', "line 3: not JSON"),
+    ('{"a": NaN}\n\n\n', "line 1: must be JSON without NaN"),
+    ('{"big": "' + "x" * 70_000 + '"}\n\n\n', "line 1: at most 65536 bytes"),
+])
+def test_bad_payload_lines_are_422_naming_the_line_and_write_nothing(coll, lines, needle):
+    files = {"file": ("x.npy", npy(np.zeros((3, 5), np.float32))), "payloads": ("p.jsonl", lines.encode())}
+    body = problem(coll.post(B, files=files, data={"start": "0"}), 422, "payloads")
+    assert needle in body["detail"] and _state(coll) == (0, 0)
+
+
+def test_the_client_and_cli_send_payloads(coll, rng, tmp_path, monkeypatch, capsys):
+    from service import cli
+    from service.client import Client
+
+    X = rng.normal(size=(3, 5)).astype(np.float32)
+    client = Client("http://testserver", transport=coll._transport)
+    assert client.upload_npy("b", X, start=0, payloads=[{"n": 0}, None, {"n": 2}])["count"] == 3
+    assert [p["payload"] for p in coll.post(f"{C}/b/points/get", json={"ids": [0, 1, 2]}).json()["points"]] == [
+        {"n": 0}, None, {"n": 2}]
+    with pytest.raises(ValueError, match="2 payloads for 3 rows"):
+        client.upload_npy("b", X, start=0, payloads=[{"n": 0}, None])
+    # the CLI reads a JSON Lines file (its client is pointed at the same app)
+    np.save(tmp_path / "m.npy", X)
+    (tmp_path / "p.jsonl").write_text('{"cli": 1}\nnull\n{"cli": 3}\n')
+    monkeypatch.setattr(cli, "_client", lambda args: Client("http://testserver", transport=coll._transport))
+    assert cli.main(["ingest", "b", str(tmp_path / "m.npy"), "--start", "20", "--payloads",
+                     str(tmp_path / "p.jsonl"), "--quiet"]) == 0
+    got = coll.post(f"{C}/b/points/get", json={"ids": [20, 21, 22]}).json()["points"]
+    assert [p["payload"] for p in got] == [{"cli": 1}, None, {"cli": 3}]
+    (tmp_path / "bad.jsonl").write_text('{"cli": 1}\n')
+    assert cli.main(["ingest", "b", str(tmp_path / "m.npy"), "--payloads", str(tmp_path / "bad.jsonl")]) == 2
+    assert "1 lines for 3 rows" in capsys.readouterr().err
