@@ -200,7 +200,7 @@ def tri_target(X: np.ndarray, Q: np.ndarray, nnumpy: int) -> list[str]:
 def centred_vs_plain(X: np.ndarray, Q: np.ndarray, temps: tuple[float, ...]) -> list[str]:
     """recall@10 of L2 over float32 sqrt-softmax, centred or not, with k' = k (no re-rank).
 
-    Two FAISS code paths: BLAS (|x|^2 + |y|^2 - 2 x.y, which indexes/ uses for batches of >= 20
+    Two FAISS code paths: BLAS (|x|^2 + |y|^2 - 2 x.y, which indexes/ uses for batches of >= 4
     queries and FAISS <= 1.14 used by default) and FAISS 1.15's direct SIMD sum of squared
     differences (its default below 128,000 queries).
     """

@@ -189,12 +189,16 @@ class FaissError(LogitsearchError):
     """FAISS refused an operation (out of memory, a broken index): a server-side failure."""
 
 
-#: FAISS 1.15 computes flat L2 / inner products by BLAS (|x|^2 + |y|^2 - 2 x.y) only from 128,000
-#: queries on. The centred embeddings keep that form accurate (at t = 1000 the plain sqrt-softmax
-#: loses almost every neighbour with it, the centred one none) and the certificate's margin bounds
-#: its float32 error, so batches of 20 or more queries use BLAS again: 2-3x faster at N = 100k,
-#: d = 1000 (benchmarks/index_bench.py). A process-wide FAISS setting; indexes/ owns FAISS here.
-faiss.cvar.distance_compute_blas_threshold = 20
+#: FAISS 1.15 computes flat L2 / inner products by BLAS (|x|^2 + |y|^2 - 2 x.y) when queries x width
+#: >= distance_compute_blas_threshold (default 128,000), else row by row. The centred embeddings keep
+#: the BLAS form accurate (at t = 1000 the plain sqrt-softmax loses almost every neighbour with it,
+#: the centred one none) and the certificate's margin bounds the float32 error of either form, so
+#: the choice is speed only: BLAS from this many queries on, set per search from the index's width
+#: (`_search_setup`). Measured with one thread, BLAS / row by row: 1 query 4x slower (6.7 vs 1.7 ms
+#: at N = 20k, d = 384; 66.6 vs 20.6 ms at N = 100k, d = 1000), 4 queries even, 16 queries 2.8-3.7x
+#: faster. A process-wide FAISS setting; indexes/ owns FAISS here (a race between searches of
+#: different widths can only pick the slower form for one call).
+_BLAS_FROM_QUERIES = 4
 
 #: OpenMP threads FAISS may use (its default: all cores)
 _OMP_THREADS = faiss.omp_get_max_threads()
@@ -217,13 +221,17 @@ def _faiss_call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
         raise FaissError(f"FAISS failed to {what}: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def _threads_for(m: int) -> None:
+def _search_setup(m: int, width: int) -> None:
+    """FAISS's thread count and BLAS switch for a search of m queries of this width."""
     # OpenMP's thread count is per calling thread, so concurrent searches do not disturb each other;
     # remembered per thread, since the SWIG call itself showed in single-query profiles
     n = 1 if m < _SMALL_BATCH else _OMP_THREADS
     if getattr(_omp_setting, "n", None) != n:
         faiss.omp_set_num_threads(n)
         _omp_setting.n = n
+    threshold = _BLAS_FROM_QUERIES * width
+    if faiss.cvar.distance_compute_blas_threshold != threshold:
+        faiss.cvar.distance_compute_blas_threshold = threshold
 
 
 class MetricIndex(ABC):
@@ -301,7 +309,7 @@ class FlatIndex(MetricIndex):
         return table.rows if self.column is None else table.column(self.column)
 
     def candidates(self, V: F32, kp: int, table: Table) -> tuple[F64, Ids]:
-        _threads_for(V.shape[0])
+        _search_setup(*V.shape)
         D, pos = _faiss_call("search", faiss.knn, V, self.vectors(table), kp, _FAISS_METRIC[self.space])
         return D.astype(np.float64), pos
 
@@ -395,7 +403,7 @@ class HnswIndex(_FaissIndex):
                 bits = np.packbits(self.alive, bitorder="little")
                 selector = self._selector = (faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits)
             params.sel = selector[0]
-        _threads_for(V.shape[0])
+        _search_setup(*V.shape)
         D, labels = _faiss_call("search", self.index.search, self._query(V), kp, params=params)
         ids = np.where(labels >= 0, self.label_ids[np.maximum(labels, 0)], -1)
         return D.astype(np.float64), ids
@@ -442,7 +450,7 @@ class IvfIndex(_FaissIndex):
             _faiss_call("remove vectors", self.index.remove_ids, np.ascontiguousarray(ids, dtype=np.int64))
 
     def candidates(self, V: F32, kp: int, table: Table) -> tuple[F64, Ids]:
-        _threads_for(V.shape[0])
+        _search_setup(*V.shape)
         D, ids = _faiss_call("search", self.index.search, self._query(V), kp)
         return D.astype(np.float64), ids
 

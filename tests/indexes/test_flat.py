@@ -58,7 +58,7 @@ def test_flat_equals_brute_force_on_imagenet_logits(imagenet, rng):
 
 @pytest.mark.parametrize("metric,t", [("euc", None), ("cos", None), ("tri", 1.0), ("tri", 1000.0), ("ced", 0.5)])
 def test_flat_batches_take_faiss_blas_path_and_stay_exact(imagenet, metric, t):
-    # 24 queries >= faiss.cvar.distance_compute_blas_threshold: FAISS's |x|^2 + |y|^2 - 2 x.y form,
+    # 24 queries (BLAS from 4 on, indexes.knn._search_setup): FAISS's |x|^2 + |y|^2 - 2 x.y form,
     # whose float32 cancellation the certificate's margin must cover
     X = np.asarray(imagenet[0][:1200])
     Q = np.asarray(imagenet[0][1200:1224], dtype=np.float64)
@@ -127,3 +127,20 @@ def test_flat_handles_any_width_and_float32_or_noncontiguous_queries(rng, d):
     for metric, t in (("tri", 1.0), ("cos", None), ("ced", 0.5)):
         for q, h in zip(Q, iset.search(metric, Q, 6, temperature=t)):
             assert_knn(h, metric, q, np.arange(120), X, 6, t)
+
+
+def test_few_queries_take_faiss_direct_path_and_batches_blas(rng):
+    # FAISS 1.15 uses BLAS when queries x width >= the threshold; the direct form is ~4x faster for
+    # one query, BLAS ~3x faster from 16 on (indexes/knn.py); both are exact after the re-rank.
+    import faiss
+
+    X = rng.normal(size=(300, 24)).astype(np.float32)
+    iset = IndexSet(24, [IndexSpec("euc")])
+    iset.upsert(np.arange(300), X, seq=1)
+    for m in (1, 3, 4, 30):
+        Q = rng.normal(size=(m, 24))
+        hits = iset.search("euc", Q, 5)
+        threshold = faiss.cvar.distance_compute_blas_threshold
+        assert (m * 24 >= threshold) == (m >= 4)
+        for q, h in zip(Q, hits):
+            assert_knn(h, "euc", q, np.arange(300), X, 5, None)
