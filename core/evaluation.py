@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core import _kernels as K
-from core.divergences import ALL_COLUMNS
+from core.divergences import ALL_COLUMNS, _blocks
 from core.errors import InvalidInput, LimitExceeded
 from core.ranks import RankMode, Rho, SharedRanks
 from core.roughness import RoughnessTemperature, mean_roughness, roughness, temperature_for_roughness
@@ -236,7 +236,8 @@ def _columns(xv: Floats, A: npt.NDArray[Any], t: float, out: Floats | None = Non
     logq = log_softmax(xv, t)
     if out is None:
         out = np.empty((A.shape[0], _MR + 1), dtype=np.float64)
-    K.all_logit_rows(xv, np.exp(logq), logq, A, 1.0 / t, out)
+    # through _blocks: small inputs stay on the calling thread, strided/read-only rows go in blocks
+    _blocks(K.all_logit_rows, (xv, np.exp(logq), logq), A, (1.0 / t,), out)
     return out
 
 

@@ -305,3 +305,28 @@ def test_minilm_euc_keeps_ced_order_far_better_than_cos(minilm):
         assert r.recommendation.euc_beats_cos is True
         assert r.rho["euc"].mean > r.rho["cos"].mean + 0.2
     assert res.results[-1].rho["euc"].min > 0.99
+
+
+def test_a_small_evaluation_stays_on_the_calling_thread(monkeypatch):
+    # The fused kernel runs through core.divergences._blocks: below _PARALLEL_MIN elements numba runs
+    # it on one thread (waking the pool costs more than the work; on 2 cores its threads then spin).
+    import numba
+
+    import core._kernels as K
+    from core.divergences import _PARALLEL_MIN
+
+    seen: list[int] = []
+    kernel = K.all_logit_rows
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        seen.append(numba.get_num_threads())
+        return kernel(*args)
+
+    monkeypatch.setattr(K, "all_logit_rows", spy)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 10))
+    evaluate(X[1:], [1.0, 10.0], query=X[0])
+    assert seen == [1, 1]
+    big = rng.normal(size=(_PARALLEL_MIN // 10 + 10, 10))
+    evaluate(big[1:], [1.0], query=big[0])
+    assert seen[-1] == numba.config.NUMBA_NUM_THREADS
