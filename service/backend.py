@@ -185,7 +185,7 @@ class Query:
 
 
 class Hit(NamedTuple):
-    """One neighbour (a NamedTuple: a batch of 100 searches makes 1,000 of these per request)."""
+    """One neighbour, as `SearchResult.hits` gives it (results keep their hits as columns)."""
 
     id: Ext
     distance: float
