@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from tests.browser import browser  # noqa: F401  (the headless Chromium fixture)
+
 settings.register_profile("ci", derandomize=True, deadline=None, database=None, max_examples=60)
 settings.register_profile("deep", deadline=None, max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
