@@ -49,7 +49,7 @@ class Peak:
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
 
-    def __enter__(self) -> "Peak":  # noqa: PYI034
+    def __enter__(self) -> Peak:  # noqa: PYI034
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
