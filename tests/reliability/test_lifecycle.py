@@ -4,8 +4,9 @@ A second server on a data directory that one holds is refused at once (exit 2, a
 the directory and the holder's pid, no traceback), whether started as `logitsearch serve` or as
 `uvicorn --factory service.app:create_app`; after a kill -9 of the holder a new server starts and
 serves the same data. At SIGTERM a request still running when the drain (LOGITSEARCH_DRAIN_SECONDS)
-runs out is answered 503 problem+json with Retry-After, the log has no traceback, and the process
-exits 0 soon after the drain, not when the request's computation would have finished.
+runs out is answered 503 problem+json with Retry-After, the log has no traceback, the indexes are
+snapshotted, and the process exits 0 soon after the drain, not when the request's computation would
+have finished.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def test_a_request_cut_off_at_shutdown_gets_a_503_and_the_server_exits_0_soon_af
         client.start()
         time.sleep(1.0)
         assert "r" not in answer, "the evaluation finished before the stop: make it bigger"
+        snapshots = data / "indexes"
+        assert not snapshots.is_dir() or not any(snapshots.iterdir())  # so the one found below is the stop's
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
@@ -120,3 +123,4 @@ def test_a_request_cut_off_at_shutdown_gets_a_503_and_the_server_exits_0_soon_af
     text = log.read_text()
     assert "Traceback" not in text and "CancelledError" not in text, text[-3000:]
     assert "request cut off at shutdown" in text
+    assert any(snapshots.iterdir()), "the indexes were not snapshotted at the stop"
