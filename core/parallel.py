@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import site
 import sys
 import threading
 from collections.abc import Iterator
@@ -42,10 +43,10 @@ _one_at_a_time = threading.Lock()
 
 
 def _preload_tbb() -> None:
-    """Load the TBB that `pip install tbb` puts in <prefix>/lib, by path: numba asks the dynamic
-    loader for libtbb.so.12 by name, and a venv's lib directory is not on its search path. A library
-    already loaded answers a later dlopen of its soname, so numba then finds it."""
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix, sys.exec_prefix)):
+    """Load the TBB that `pip install tbb` puts in <prefix>/lib (~/.local/lib with --user) by path:
+    numba asks the dynamic loader for libtbb.so.12 by name, and a venv's lib directory is not on its
+    search path. A library already loaded answers a later dlopen of its soname, so numba finds it."""
+    for prefix in dict.fromkeys((sys.prefix, sys.exec_prefix, site.getuserbase(), sys.base_prefix)):
         path = os.path.join(prefix, "lib", "libtbb.so.12")
         if os.path.exists(path):
             try:
