@@ -1,4 +1,6 @@
-# logitsearch: `docker build -t logitsearch .` then `docker run -p 6340:6340 -v logitsearch-data:/data logitsearch`
+# logitsearch: `docker build -t logitsearch .` then
+# `docker run --stop-timeout 60 -p 6340:6340 -v logitsearch-data:/data -e LOGITSEARCH_API_KEY=... logitsearch`
+# (--stop-timeout: Docker's default 10 s covers the drain, LOGITSEARCH_DRAIN_SECONDS=5, and a small snapshot)
 # (or `docker compose up`, see docker-compose.yml). Both stages use the same base so the venv's
 # interpreter path (/usr/local/bin/python3.11) is valid in the final stage.
 ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
@@ -7,7 +9,7 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # The build context is an allow-list (.dockerignore): pyproject.toml, README.md and the packages.

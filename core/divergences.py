@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from core import _kernels as K
 from core.errors import InvalidInput
+from core.parallel import region
 from core.softmax import log_softmax, softmax
 from core.validate import as_rows, as_vector, check_finite, check_temperature, chunk_rows
 
@@ -53,6 +54,12 @@ def _blocks(kernel: Callable[..., None], lead: tuple[Any, ...], A: Rows, extra: 
     read-only (memory-mapped) input would cost a compile of its own; a block copy of
     `chunk_rows(d)` rows costs far less and keeps temporaries bounded.
     """
+    with region():  # the threading layer is chosen before the first launch (core/parallel.py)
+        _blocks_in_region(kernel, lead, A, extra, out)
+
+
+def _blocks_in_region(kernel: Callable[..., None], lead: tuple[Any, ...], A: Rows, extra: tuple[Any, ...],
+                      out: npt.NDArray[np.float64]) -> None:
     threads = numba.get_num_threads()
     if A.size < _PARALLEL_MIN:
         # waking the thread pool costs 0.05-5 ms on a busy machine: more than a small scan

@@ -27,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
 
+from core.parallel import region
+
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -226,8 +228,12 @@ def pair_distances(metric: str, t: float | None, Q: F64, X: F32, rows: I64) -> F
     if rows.size:
         Qc = np.ascontiguousarray(Q, dtype=np.float64)
         qq = (Qc * Qc).sum(axis=1)
-        kernel = _pairs_serial if Qc.shape[0] < _SERIAL_BELOW else _pairs
-        kernel(_CODE[metric], Qc, X, np.ascontiguousarray(rows, dtype=np.int64), qq, _inv_t(t), out)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if Qc.shape[0] < _SERIAL_BELOW:
+            _pairs_serial(_CODE[metric], Qc, X, rows, qq, _inv_t(t), out)
+        else:
+            with region():
+                _pairs(_CODE[metric], Qc, X, rows, qq, _inv_t(t), out)
     return out
 
 
@@ -252,7 +258,8 @@ def scan(metric: str, t: float | None, Q: F64, X: F32, ids: I64, k: int,
     for s in range(0, n, step):
         Xs = X[s : s + step]
         D = np.empty((m, Xs.shape[0]), dtype=np.float64)
-        _scan(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)
+        with region():  # one block at a time: a workqueue layer is entered by one thread only
+            _scan(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)
         block_ids = np.broadcast_to(ids[s : s + step], D.shape)
         if exclude is not None:
             D[block_ids == exclude[:, None]] = np.inf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -11,9 +12,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import StorageError
 from service.auth import ROLES, install_auth
 from service.backend import Backend
 from service.fastlane import SearchFastLane
+from service.lifecycle import CutOffAtShutdown, hold_data_dir, refuse, release_data_dir, start_process
 from service.limits import install_limits, problem_response
 from service.observability import install_observability
 from service.problems import document_problems, install_problem_handlers
@@ -67,17 +70,27 @@ class _WholeBodyLimit:
 def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> FastAPI:
     """The app for `settings` (default: from the environment, as `uvicorn --factory` calls it).
     `fast_lane=False` leaves searches to FastAPI's routing alone (tests compare the two)."""
-    settings = settings or load_settings()
+    if settings is None:  # as `uvicorn --factory` calls it: refuse a data dir another server holds, now
+        settings = load_settings()
+        try:
+            hold_data_dir(Path(settings.data_dir))  # held until the process ends
+        except StorageError as exc:
+            refuse(exc)
     backend = Backend(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Opening SQLite is quick; the collections load in a background thread (/readyz says when).
-        await anyio.to_thread.run_sync(backend.open)
+        held = hold_data_dir(Path(settings.data_dir))  # one server per data directory (issue 11)
         try:
-            yield
+            await anyio.to_thread.run_sync(start_process)
+            # Opening SQLite is quick; the collections load in a background thread (/readyz says when).
+            await anyio.to_thread.run_sync(backend.open)
+            try:
+                yield
+            finally:
+                await anyio.to_thread.run_sync(backend.close)
         finally:
-            await anyio.to_thread.run_sync(backend.close)
+            release_data_dir(held)
 
     # FastAPI's native OpenTelemetry is off: service.observability exports Prometheus metrics and JSON
     # logs, and the per-request check whether OTel is configured cost ~3% of a search's server time.
@@ -100,5 +113,6 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
     app.add_middleware(_WholeBodyLimit, limit=settings.max_json_bytes)
     install_limits(app, settings)
     install_auth(app, settings)
+    app.add_middleware(CutOffAtShutdown)  # inside observability: it logs the 503, not a 500
     install_observability(app, settings)
     return app

@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.auth import check_binding
+    from service.lifecycle import exit_promptly, hold_data_dir
     from service.settings import load_settings
     from service.store import check_data_dir
 
@@ -33,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
                                   "allow_unauthenticated": args.allow_unauthenticated or None})
         binding = check_binding(settings)
         check_data_dir(Path(settings.data_dir))
+        hold_data_dir(Path(settings.data_dir))  # one server per data directory; held until the process ends
     except (InvalidInput, StorageError) as exc:
         print(f"logitsearch: {exc}", file=sys.stderr)
         return 2
@@ -42,8 +44,15 @@ def _serve(args: argparse.Namespace) -> int:
     # signal; end with exit status 0 instead, so `docker stop` and systemd record a clean stop.
     signal.signal(signal.SIGTERM, _stopped)
     # log_config=None, access_log=False: service.observability writes every log line as JSON, one per request
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=10, log_config=None, access_log=False)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    timeout_graceful_shutdown=settings.drain_seconds, log_config=None, access_log=False)
+    except SystemExit as stop:
+        if stop.code in (0, None):  # SIGTERM (_stopped)
+            exit_promptly()
+        raise
+    # snapshots are written: don't wait for the threads of requests cut off at the drain's end
+    exit_promptly()
     return 0
 
 

@@ -27,6 +27,7 @@ ENV: dict[str, tuple[str, str]] = {
     "LOGITSEARCH_MAX_K": ("max_k", "largest k in a search"),
     "LOGITSEARCH_MAX_EVAL_SAMPLE": ("max_eval_sample", "most points one evaluation compares"),
     "LOGITSEARCH_SNAPSHOT_EVERY": ("snapshot_every", "writes between index snapshots"),
+    "LOGITSEARCH_DRAIN_SECONDS": ("drain_seconds", "at stop, seconds open requests get to finish before a 503"),
 }
 
 
@@ -46,6 +47,8 @@ class Settings:
     max_k: int = 10_000
     max_eval_sample: int = 1_000_000
     snapshot_every: int = 50_000
+    # docker stop allows 10 s before SIGKILL: 5 s of drain leaves 5 s for the snapshot (issue 11)
+    drain_seconds: int = 5
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with keys hidden, as printed at start."""

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import InvalidInput, LimitExceeded, NotFound
+from core.errors import InvalidInput, LimitExceeded
 from core.evaluation import (
     EVAL_METRICS,
     MANY_TO_MANY_MAX_ROWS,
@@ -251,10 +251,7 @@ def _query(request: Request, name: str, pid: Any, vector: list[float] | None, id
         return vector, None, {"vector": len(vector)}
     if pid is None:
         raise InvalidInput("id", "give the query: a stored id or a vector (or `queries` for many)")
-    try:
-        x = _backend(request).vector(name, pid)
-    except NotFound:
-        raise InvalidInput("id", f"no point with id {pid!r} in collection {name!r}") from None
+    x = _backend(request).vector(name, pid)  # NotFound -> 404, as in search (issue 11)
     exclude = next((i for i, v in enumerate(ids) if v == pid and type(v) is type(pid)), None)
     return x, exclude, {"id": pid}
 

@@ -94,3 +94,30 @@ def test_hnsw_ced_is_rebuilt_when_a_longer_row_arrives(rng):
     assert iset._indexes["ced-t1-hnsw"].radius > r0
     (h,) = iset.search("ced", X[0] * 40, 1, temperature=1.0)
     assert h.ids[0] == 100
+
+
+@pytest.mark.parametrize("k", [4998, 5000, 2600, 1200])
+def test_hnsw_returns_every_point_it_is_asked_for_up_to_the_whole_collection(rng, k):
+    """Issue 11: k >= n over HNSW gave 4,990 hits of 4,998. k >= n/2 scans; a shorter walk is redone."""
+    n = 4998
+    X = rng.normal(0, 1, (n, 16)).astype(np.float32)
+    iset = IndexSet(16, [IndexSpec("euc", kind="hnsw", params={"M": 4, "ef_construction": 8, "ef_search": 4})])
+    iset.upsert(np.arange(n), X, seq=1)
+    Q = X[:3].astype(np.float64) + 0.01
+    for q, h in zip(Q, iset.search("euc", Q, k, kind="hnsw")):
+        assert len(h.ids) == len(set(h.ids.tolist())) == min(k, n)
+        if 2 * k >= n:  # scanned: exactly brute force
+            assert h.how == "scanned"
+            assert_knn(h, "euc", q, np.arange(n), X, k)
+
+
+def test_hnsw_whose_walk_stops_short_answers_from_the_scan(rng, monkeypatch):
+    X = rng.normal(0, 1, (1000, 8)).astype(np.float32)
+    iset = IndexSet(8, [IndexSpec("euc", kind="hnsw")])
+    iset.upsert(np.arange(1000), X, seq=1)
+    ix = iset._indexes["euc-hnsw"]
+    real = ix.candidates
+    monkeypatch.setattr(ix, "candidates", lambda V, kp, table: tuple(a[:, : kp // 2] for a in real(V, kp, table)))
+    (h,) = iset.search("euc", X[:1], 100, kind="hnsw")
+    assert h.how == "scanned" and len(h.ids) == 100
+    assert_knn(h, "euc", X[0].astype(np.float64), np.arange(1000), X, 100)

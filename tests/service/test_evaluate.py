@@ -151,7 +151,6 @@ def test_shepard_png_is_a_png_of_the_requested_size(client, data):
 
 
 @pytest.mark.parametrize(("body", "field"), [
-    ({"id": "no-such-row", "temperature": 1}, "id"),
     ({"id": "row-1", "temperature": 0}, "temperature"),
     ({"id": "row-1", "temperature": -2}, "temperature"),
     ({"id": "row-1", "temperatures": [1, 1e9]}, "temperatures"),
@@ -175,6 +174,14 @@ def test_non_finite_temperature_and_empty_or_unknown_collection(client):
     assert "temperature" in json.dumps(r.json())
     problem(client.post("/v1/collections/empty/evaluate", json={"vector": [0.0] * D, "temperature": 1}), 422, "name")
     assert client.post("/v1/collections/nope/evaluate", json={"id": 1, "temperature": 1}).status_code == 404
+
+
+@pytest.mark.parametrize("path, body", [("evaluate", {"temperature": 1}), ("search", {"metric": "euc", "k": 3}),
+                                        ("evaluate/shepard.png", {"temperature": 1, "metric": "tri"})])
+def test_an_unknown_id_is_404_in_evaluate_as_in_search(client, path, body):
+    """Issue 11: evaluate answered 422 where search answered 404 for the same unknown id."""
+    body = problem(client.post(f"/v1/collections/logits/{path}", json={"id": "nobody", **body}), 404)
+    assert "'nobody'" in body["detail"] and "logits" in body["detail"]
     problem(client.get("/v1/collections/logits/roughness", params={"temperatures": "1,x"}), 422, "temperatures")
     problem(client.post("/v1/collections/logits/evaluate/shepard.png",
                          json={"id": "row-1", "temperature": 1, "metric": "ced"}), 422, "metric")
