@@ -235,22 +235,30 @@ def pair_distances(metric: str, t: float | None, Q: F64, X: F32, rows: I64) -> F
 SCAN_BYTES = 64 * 1024 * 1024
 
 
+#: budget for the rows of X one scan step gathers when it scans a subset of them (`rows`)
+GATHER_BYTES = 16 * 1024 * 1024
+
+
 def scan(metric: str, t: float | None, Q: F64, X: F32, ids: I64, k: int,
-         exclude: I64 | None = None) -> tuple[list[I64], list[F64]]:
+         exclude: I64 | None = None, rows: I64 | None = None) -> tuple[list[I64], list[F64]]:
     """The exact k nearest rows of X for each query: one fused float64 pass over the rows.
 
     Rows go in blocks so the distance block stays within SCAN_BYTES; each block's best k merge
     into a running top k. Ties are broken by the smaller id. exclude[r] (an id, or -1) is left
-    out of query r's answer. Returns per query (ids, distances), nearest first, trimmed.
+    out of query r's answer. With `rows` (positions in X), only those rows are scanned, gathered a
+    block at a time (GATHER_BYTES), and `ids` are theirs (one per entry of `rows`).
+    Returns per query (ids, distances), nearest first, trimmed.
     """
-    m, n = Q.shape[0], X.shape[0]
+    m, n = Q.shape[0], X.shape[0] if rows is None else rows.size
     Qc = np.ascontiguousarray(Q, dtype=np.float64)
     qq = (Qc * Qc).sum(axis=1)
     step = max(1024, SCAN_BYTES // (8 * max(m, 1)))
+    if rows is not None:
+        step = min(step, max(1024, GATHER_BYTES // (4 * max(X.shape[1], 1))))
     best_d = np.full((m, 0), np.inf)
     best_i = np.empty((m, 0), dtype=np.int64)
     for s in range(0, n, step):
-        Xs = X[s : s + step]
+        Xs = X[s : s + step] if rows is None else X[rows[s : s + step]]
         D = np.empty((m, Xs.shape[0]), dtype=np.float64)
         _scan(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)
         block_ids = np.broadcast_to(ids[s : s + step], D.shape)
