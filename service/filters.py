@@ -175,7 +175,7 @@ def parse(raw: Any, where: str = "filter", *, depth: int = 0) -> Filter:
 
 def _condition(raw: Any, where: str, depth: int) -> Condition:
     body = _object(raw, where, "a condition")
-    if any(k in body for k in _CLAUSES):
+    if not body or any(k in body for k in _CLAUSES):  # {} is an empty filter, as Qdrant reads it
         return parse(body, where, depth=depth + 1)
     if "has_id" in body:
         _unknown(body, ("has_id",), where, "field in a has_id condition")
