@@ -273,7 +273,7 @@ def test_k_beyond_the_matching_points_returns_all_of_them_and_a_query_id_is_left
 
 
 def test_a_batch_applies_each_searchs_own_filter(client, filled):
-    ids, X, payloads = filled
+    X = filled[1]
     fs = [{"must": [{"key": "label", "match": {"value": lab}}]} for lab in LABELS] + [None]
     searches = [{"vector": X[i].tolist(), "k": 5, "metric": "cos", **({"filter": f} if f else {})}
                 for i, f in enumerate(fs)]
