@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index_bench import Numpy, dataset
+from index_bench import DATA, Numpy, dataset
 
 from indexes.knn import FILTER_SCAN_ROWS
 from service import filters
@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=30)
     args = ap.parse_args()
     n, nq = (5_000, 5) if args.quick else (args.n, args.queries)
+    if not (DATA / "imagenet_effnet_dev.npy").exists():
+        raise SystemExit(f"needs the real ImageNet logits in {DATA} (set LOGITSEARCH_SHARED_DATA)")
     rng = np.random.default_rng(15)
     X, Q = dataset(1000, n, nq, rng)
     buckets = rng.integers(0, 100, n)
