@@ -74,6 +74,10 @@ TOMBSTONE_FRACTION = 0.25
 #: cheap (2048 rows of d = 1000 are ~8 MB), exact, and where an HNSW graph cut by a selective filter
 #: loses its neighbours
 FILTER_SCAN_ROWS = 2048
+#: a flat filtered search over at least this share of the rows takes FAISS's candidates from all rows
+#: (k' scaled by 1 / share) and keeps the matching ones, instead of gathering the matching rows: one
+#: pass over the table costs less than copying a third of it and passing over the copy
+FILTER_GATHER_BELOW = 0.3
 _FAISS_METRIC = {embed.L2: faiss.METRIC_L2, embed.IP: faiss.METRIC_INNER_PRODUCT}
 
 
@@ -784,10 +788,14 @@ class IndexSet:
         hits: list[Hits | None] = [None] * m
         todo = np.arange(m)
         kp = _kprime(k + (excl is not None))
+        inside = None
+        if rows is not None and rows.size >= FILTER_GATHER_BELOW * self._table.n:
+            inside = np.zeros(self._table.n, dtype=bool)
+            inside[rows] = True
         for _ in range(2):
             if kp >= n or not todo.size:
                 break
-            done = self._certify(ix, qs, k, excl, todo, kp, rows)
+            done = self._certify(ix, qs, k, excl, todo, kp, rows, inside)
             for r, h in zip(todo, done):
                 hits[r] = h
             todo = todo[[h is None for h in done]]
@@ -798,9 +806,16 @@ class IndexSet:
         return [h for h in hits if h is not None]
 
     def _certify(self, ix: FlatIndex, qs: embed.Queries, k: int, excl: Ids | None, which: Ids,
-                 kp: int, rows: Ids | None = None) -> list[Hits | None]:
+                 kp: int, rows: Ids | None = None, inside: npt.NDArray[np.bool_] | None = None) -> list[Hits | None]:
         sub = embed.Queries(qs.vectors[which], qs.exact[which], qs.norm[which], qs.pmin[which], qs.pmax[which])
-        D, pos = ix.candidates(sub.vectors, kp, self._table, rows)
+        if inside is not None and rows is not None:
+            # candidates from every row, the matching ones kept: a matching row outside them still has
+            # a value no better than the k'-th over all rows, so the same bound holds for it
+            n = self._table.n
+            D, pos = ix.candidates(sub.vectors, min(n, -(-kp * n // rows.size)), self._table)
+            pos = np.where((pos >= 0) & inside[np.maximum(pos, 0)], pos, -1)
+        else:
+            D, pos = ix.candidates(sub.vectors, kp, self._table, rows)
         top_ids, top_d, tau = self._rerank(ix, sub, pos, None if excl is None else excl[which], k)
         c = None
         if ix.spec.metric == "tri":

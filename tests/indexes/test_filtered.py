@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexes.knn import FILTER_SCAN_ROWS, IndexSet, IndexSpec
+from indexes.knn import FILTER_GATHER_BELOW, FILTER_SCAN_ROWS, IndexSet, IndexSpec
 from tests.indexes.brute import assert_knn
 
 N, D = 12_000, 40
@@ -36,7 +36,11 @@ def _subset(ids, rng, n):
     return np.sort(rng.choice(ids, size=n, replace=False))
 
 
-@pytest.mark.parametrize("size", [300, FILTER_SCAN_ROWS + 1, 6000])
+# scanned; candidates from the gathered matching rows; candidates from all rows, the matching ones kept
+SIZES = [300, FILTER_SCAN_ROWS + 1, int(FILTER_GATHER_BELOW * N) + 2000]
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_filtered_flat_search_is_brute_force_over_the_allowed_rows(data, size):
     ids, X, Q, flat, _, rng = data
     allowed = _subset(ids, rng, size)
@@ -120,7 +124,7 @@ def test_removed_rows_never_come_back_from_a_filtered_hnsw_search(rng):
 def test_candidates_from_many_gathered_blocks_still_certify_exact_answers(data, monkeypatch):
     ids, X, Q, flat, _, rng = data
     monkeypatch.setattr("indexes.exact.GATHER_BYTES", 4 * (D + 1) * 700)  # blocks of ~700 rows
-    allowed = _subset(ids, rng, 6000)
+    allowed = _subset(ids, rng, int(FILTER_GATHER_BELOW * N) - 100)
     keep = np.isin(ids, allowed)
     for metric, t in (("euc", None), ("cos", None), ("tri", 100.0), ("ced", 1.0)):
         hows = []
