@@ -107,12 +107,23 @@ Leaf = Match | MatchAny | Range | HasId | IsEmpty
 # --- parsing ---------------------------------------------------------------------------------------
 
 
+def _text(v: str) -> bool:
+    """Whether SQLite can store `v`: JSON allows lone surrogates (\\ud800), UTF-8 does not."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_key(key: Any, where: str) -> str:
     """A payload key: dotted segments of letters, digits, '_', '-', ... each optionally ending in `[]`."""
     if not isinstance(key, str) or not key:
         raise InvalidInput(where, f"must be a non-empty string (a dotted payload path), got {key!r}"[:200])
     if len(key) > MAX_KEY_CHARS:
         raise InvalidInput(where, f"at most {MAX_KEY_CHARS} characters")
+    if not _text(key):
+        raise InvalidInput(where, "must be valid Unicode text (it holds a lone surrogate)")
     for seg in key.split("."):
         name = seg.removesuffix("[]")
         if not name or any(c in name for c in '[]"') or any(c.isspace() for c in name):
@@ -127,10 +138,14 @@ def _number(v: Any, where: str) -> float | int:
         raise InvalidInput(where, f"a range bound must be a number, got {json.dumps(v)[:80]}")
     if isinstance(v, float) and not math.isfinite(v):
         raise InvalidInput(where, "a range bound must be finite")
+    if isinstance(v, int) and not _I64[0] <= v <= _I64[1]:
+        return float(v)  # SQLite compares it with the stored integers just as well
     return v
 
 
 def _scalar(v: Any, where: str) -> Scalar:
+    if isinstance(v, str) and not _text(v):
+        raise InvalidInput(where, "must be valid Unicode text (it holds a lone surrogate)")
     if isinstance(v, bool | str):
         return v
     if isinstance(v, int):
@@ -222,6 +237,8 @@ def _condition(raw: Any, where: str, depth: int) -> Condition:
     if len(values) > MAX_LIST:
         raise InvalidInput(f"{where}.match.any", f"at most {MAX_LIST:,} values")
     strings = all(isinstance(v, str) for v in values)
+    if strings and not all(map(_text, values)):
+        raise InvalidInput(f"{where}.match.any", "must be valid Unicode text (a value holds a lone surrogate)")
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
     if not (strings or ints):
         raise InvalidInput(f"{where}.match.any", "must be all strings or all integers (as Qdrant's match any)")
@@ -282,7 +299,7 @@ def _typed(v: Any) -> tuple[str, Any] | None:
     if isinstance(v, float):
         return (FLOAT, v) if math.isfinite(v) else (OTHER, 0)
     if isinstance(v, str):
-        return STR, v
+        return (STR, v) if _text(v) else (OTHER, 0)  # a filter cannot name such a string anyway
     return None
 
 
