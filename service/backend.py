@@ -64,6 +64,8 @@ LOAD_WAIT = 10.0
 APPLY_CHUNK = 16384
 #: a bulk ingest up to this many bytes of rows is applied from memory; a larger one is read back from SQLite
 BULK_KEEP_BYTES = 256 * 1024 * 1024
+#: filters whose matching points are kept per process, each valid until its collection's next write
+SELECTION_CACHE = 64
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -295,6 +297,9 @@ class Backend:
         self._search_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
         self._loader: threading.Thread | None = None
         self._closed = False
+        # (cid, filter) -> (the collection's write sequence then, the matching iids): a repeated filter
+        # (one class, one photo) skips the payload index until the next write to the collection
+        self._selections: dict[tuple[int, filters.Filter], tuple[int, Ids]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -746,7 +751,17 @@ class Backend:
 
     def _matching(self, coll: _Collection, flt: filters.Filter) -> Ids:
         filters.check_declared(flt, coll.config.payload_index, coll.name)
-        return self.store.matching(coll.cid, flt)
+        key, seq = (coll.cid, flt), coll.last_seq  # read before SQLite: a later write only makes it older
+        hit = self._selections.get(key)
+        if hit is not None and hit[0] == seq:
+            return hit[1]
+        iids = self.store.matching(coll.cid, flt)
+        iids.flags.writeable = False
+        with self._registry:
+            if len(self._selections) >= SELECTION_CACHE:
+                self._selections.pop(next(iter(self._selections)), None)
+            self._selections[key] = (seq, iids)
+        return iids
 
     def select(self, name: str, flt: filters.Filter) -> Selection:
         """The searchable points `flt` matches now (for `count` and `evaluate_data`)."""

@@ -132,3 +132,21 @@ def test_candidates_from_many_gathered_blocks_still_certify_exact_answers(data, 
             assert_knn(h, metric, q, ids[keep], X[keep], 10, t, rtol=1e-9)
             hows.append(h.how)
         assert "certified" in hows, (metric, hows)  # the merged candidates are the subset's best
+
+
+def test_many_ids_find_their_rows_through_writes_as_one_id_at_a_time_does(rng):
+    from indexes.table import Table
+
+    t = Table(2)
+    ids = rng.choice(10**9, size=20_000, replace=False).astype(np.int64)
+    def check() -> None:
+        probe = np.concatenate([ids[rng.integers(0, ids.size, 6000)], [10**12, -5]])
+        want = np.array([t._pos.get(int(i), -1) for i in probe])
+        np.testing.assert_array_equal(t.positions(probe), want)
+        assert (t.ids[want[want >= 0]] == probe[want >= 0]).all()
+
+    for step in range(4):  # appends, overwrites, removes: each must drop the sorted copy
+        t.upsert(ids[step * 4000 : step * 4000 + 8000], rng.normal(size=(8000, 2)).astype(np.float32), {})
+        check()
+        t.remove(ids[step * 3000 : step * 3000 + 1500])
+        check()

@@ -478,7 +478,34 @@ def test_a_bulk_ingest_over_http_indexes_its_json_lines_payloads(tmp_path, rng):
 
 
 def test_odd_but_valid_values_are_answered_not_refused(client, filled):
-    ids, X, _ = filled
+    ids = filled[0]
     huge = {"must": [{"key": "score", "range": {"lt": 10**30}}]}  # beyond int64: compared as a float
     got = client.post(f"{C}/f/points/scroll", json={"filter": huge, "limit": 1000}).json()["points"]
     assert len(got) == len(ids)
+
+
+def test_a_repeated_filter_sees_every_later_write(client, filled):
+    ids, X, _ = filled
+    f = {"must": [{"key": "label", "match": {"value": "emu"}}]}
+    body = {"vector": X[0].tolist(), "k": 500, "metric": "euc", "filter": f}
+
+    def found() -> list[Any]:
+        return sorted(map(str, (h["id"] for h in client.post(f"{C}/f/search", json=body).json()["hits"])))
+
+    assert found() == []
+    client.put(f"{C}/f/points", json={"points": [{"id": ids[5], "vector": X[5].tolist(), "payload": {"label": "emu"}}]})
+    assert found() == [str(ids[5])]
+    client.post(f"{C}/f/points/bulk", params={"start": 5000}, content=_npy(X[:2]),
+                headers={"content-type": "application/octet-stream"})  # a write without payloads changes nothing
+    assert found() == [str(ids[5])]
+    client.put(f"{C}/f/points", json={"points": [{"id": ids[5], "vector": X[5].tolist(), "payload": {"label": "cat"}},
+                                                 {"id": "e2", "vector": X[6].tolist(), "payload": {"label": "emu"}}]})
+    assert found() == ["e2"]
+    client.post(f"{C}/f/points/delete", json={"ids": ["e2"]})
+    assert found() == []
+
+
+def _npy(X: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, X.astype(np.float32))
+    return buf.getvalue()
