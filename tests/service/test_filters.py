@@ -509,3 +509,21 @@ def _npy(X: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, X.astype(np.float32))
     return buf.getvalue()
+
+
+def test_the_python_client_sends_filters(client, rng):
+    from service.client import Client
+
+    ids, X, payloads = _points(rng, 40)
+    c = Client("http://testserver", transport=client._transport)
+    c.create_collection("cl", D, metrics=["euc", "tri"], payload_index=["label"])
+    c.upsert("cl", ids, X.astype(np.float32), payloads)
+    assert c.payload_index("cl", ["score"]) == {"payload_index": ["label", "score"]}
+    f = {"must": [{"key": "label", "match": {"value": "dog"}}], "must_not": [{"key": "score", "range": {"gt": 0.5}}]}
+    want = [pid for pid, p in zip(ids, payloads) if matches(f, pid, p)]
+    assert c.scroll("cl", filter=f).ids == want
+    hits = c.search("cl", X[0], k=100, metric="euc", filter=f)
+    assert sorted(map(str, hits.ids)) == sorted(map(str, want))
+    assert c.evaluate("cl", X[0], temperatures=10, filter=f)["sample"]["of"] == len(want)
+    assert c.delete("cl", filter=f)["count"] == len(want)
+    assert c.scroll("cl", filter=f).ids == []
