@@ -419,7 +419,7 @@ class _Api:
     def shepard(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
                 temperature: float = 10.0, metric: str = "tri", sample: int | None = None, seed: int = 0,
                 ranks: str = "average", max_points: int = 10_000, width: int = 800, height: int = 600,
-                path: str | Path | None = None) -> Any:
+                path: str | Path | None = None, filter: dict[str, Any] | None = None) -> Any:
         """The Shepard diagram (CED vs `metric`) as PNG bytes; also written to `path` if given."""
         body: dict[str, Any] = {"temperature": float(temperature), "metric": metric, "seed": int(seed),
                                 "ranks": ranks, "max_points": int(max_points), "width": int(width),
@@ -430,6 +430,8 @@ class _Api:
             body["id"] = id
         if sample is not None:
             body["sample"] = int(sample)
+        if filter is not None:
+            body["filter"] = filter
 
         def parse(r: httpx.Response) -> bytes:
             if path is not None:

@@ -527,3 +527,21 @@ def test_the_python_client_sends_filters(client, rng):
     assert c.evaluate("cl", X[0], temperatures=10, filter=f)["sample"]["of"] == len(want)
     assert c.delete("cl", filter=f)["count"] == len(want)
     assert c.scroll("cl", filter=f).ids == []
+
+
+def test_the_cli_searches_and_evaluates_with_a_filter(client, filled, monkeypatch, capsys):
+    from service import cli
+    from service.client import Client
+
+    ids, _, payloads = filled
+    monkeypatch.setattr(cli, "_client", lambda args: Client("http://testserver", transport=client._transport))
+    f = {"must": [{"key": "label", "match": {"value": "owl"}}]}
+    want = [pid for pid, p in zip(ids, payloads) if matches(f, pid, p)]
+    assert cli.main(["search", "f", "--id", "img-3", "-k", "500", "--metric", "euc", "--json",
+                     "--filter", json.dumps(f)]) == 0
+    assert sorted(map(str, json.loads(capsys.readouterr().out)["ids"])) == sorted(str(i) for i in want if i != "img-3")
+    assert cli.main(["evaluate", "f", "--id", "img-3", "-t", "10", "--json", "--filter", json.dumps(f)]) == 0
+    assert json.loads(capsys.readouterr().out)["sample"]["of"] == len(want)
+    with pytest.raises(SystemExit):  # argparse's usage error, no traceback
+        cli.main(["search", "f", "--id", "img-3", "--filter", "{not json"])
+    assert "not JSON" in capsys.readouterr().err
