@@ -12,10 +12,11 @@
 
 Filtered search (issue 15): `search(..., allowed=ids)` answers over the rows of those ids only.
 At most FILTER_SCAN_ROWS matching rows are scanned exactly (float64), whatever the index. Above it, flat
-indexes take FAISS candidates from the matching rows alone (gathered a block at a time) and the
-certificate holds over that subset unchanged (every matching row outside the candidates has a proxy
->= D_k', and the bound's norms and probability range over all rows cover the subset's), else the
-matching rows are scanned; HNSW and IVF pass FAISS an id selector (IDSelectorBitmap over HNSW's
+indexes take FAISS candidates from the matching rows alone (gathered a block at a time), or, when they
+are at least FILTER_GATHER_BELOW of the table, from all rows with k' scaled up, keeping the matching
+ones; either way the certificate holds over the subset unchanged (every matching row outside the
+candidates has a proxy >= D_k', and the bound's norms and probability range over all rows cover the
+subset's), else the matching rows are scanned; HNSW and IVF pass FAISS an id selector (IDSelectorBitmap over HNSW's
 labels, IDSelectorBatch over IVF's ids) and answer "approximate".
 
 Thread safety: searches run concurrently under a readers-writer lock; writes are serialised by a
