@@ -545,3 +545,28 @@ def test_the_cli_searches_and_evaluates_with_a_filter(client, filled, monkeypatc
     with pytest.raises(SystemExit):  # argparse's usage error, no traceback
         cli.main(["search", "f", "--id", "img-3", "--filter", "{not json"])
     assert "not JSON" in capsys.readouterr().err
+
+
+def test_a_data_directory_of_schema_1_opens_and_its_collections_can_declare_keys(tmp_path, rng):
+    import sqlite3
+
+    from service.store import FILENAME
+
+    b = _backend(tmp_path / "d")
+    b.create_collection("old", CollectionConfig.create(D, ["euc"]))
+    ids, X, payloads = _points(rng, 20)
+    b.upsert("old", ids, X.astype(np.float32), [json.dumps(p) for p in payloads])
+    b.close()
+    conn = sqlite3.connect(tmp_path / "d" / FILENAME)  # as the previous release left it
+    conn.execute("DROP TABLE payload_values")
+    conn.execute("UPDATE collections SET config = json_remove(config, '$.payload_index')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    b = _backend(tmp_path / "d")
+    assert b.get_collection("old").config.payload_index == ()
+    b.declare_payload_index("old", ["label"])
+    f = {"must": [{"key": "label", "match": {"value": "fox"}}]}
+    got, _ = b.scroll("old", None, 100, filter=filters.parse(f))
+    assert [p.id for p in got] == [pid for pid, p in zip(ids, payloads) if matches(f, pid, p)] != []
+    b.close()
