@@ -174,48 +174,71 @@ def _pairs_serial(code, Q, X, rows, qq, inv_t, out):  # type: ignore[no-untyped-
 _SERIAL_BELOW = 4
 
 
+@njit(inline="always")
+def _scan_block(code, Q, X, qq, inv_t, out, b, p, tmp):  # type: ignore[no-untyped-def]
+    # rows b * _BLOCK ... of X against every query, into out; p, tmp: float64 scratch of length d
+    n, d = X.shape
+    m = Q.shape[0]
+    for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
+        x = X[i]
+        if code == 0:
+            for r in range(m):
+                out[r, i] = _one(0, Q[r], x, p, tmp, 0.0, inv_t)
+        elif code == 1:
+            xx = 0.0
+            for j in range(d):
+                xx += np.float64(x[j]) * np.float64(x[j])
+            for r in range(m):
+                dot = 0.0
+                for j in range(d):
+                    dot += Q[r, j] * np.float64(x[j])
+                if qq[r] > 0.0 and xx > 0.0:
+                    out[r, i] = 1.0 - min(1.0, max(-1.0, dot / math.sqrt(qq[r] * xx)))
+                else:
+                    out[r, i] = 1.0
+        elif code == 2:
+            _softmax_row(x, inv_t, p, tmp)
+            for r in range(m):
+                acc = 0.0
+                for j in range(d):
+                    a = Q[r, j] + p[j]
+                    diff = Q[r, j] - p[j]
+                    acc += diff * diff / a if a > 0.0 else 0.0
+                out[r, i] = 0.5 * acc
+        else:
+            mx, log_s = _softmax_row(x, inv_t, p, tmp)
+            for j in range(d):
+                p[j] = np.float64(x[j]) * inv_t - mx
+            for r in range(m):
+                dot = 0.0
+                for j in range(d):
+                    dot += Q[r, j] * p[j]
+                out[r, i] = log_s - dot
+
+
 @njit(**_OPTS)
 def _scan(code, Q, X, qq, inv_t, out):  # type: ignore[no-untyped-def]
     n, d = X.shape
-    m = Q.shape[0]
     for b in prange((n + _BLOCK - 1) // _BLOCK):
         p = np.empty(d)
         tmp = np.empty(d)
-        for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-            x = X[i]
-            if code == 0:
-                for r in range(m):
-                    out[r, i] = _one(0, Q[r], x, p, tmp, 0.0, inv_t)
-            elif code == 1:
-                xx = 0.0
-                for j in range(d):
-                    xx += np.float64(x[j]) * np.float64(x[j])
-                for r in range(m):
-                    dot = 0.0
-                    for j in range(d):
-                        dot += Q[r, j] * np.float64(x[j])
-                    if qq[r] > 0.0 and xx > 0.0:
-                        out[r, i] = 1.0 - min(1.0, max(-1.0, dot / math.sqrt(qq[r] * xx)))
-                    else:
-                        out[r, i] = 1.0
-            elif code == 2:
-                _softmax_row(x, inv_t, p, tmp)
-                for r in range(m):
-                    acc = 0.0
-                    for j in range(d):
-                        a = Q[r, j] + p[j]
-                        diff = Q[r, j] - p[j]
-                        acc += diff * diff / a if a > 0.0 else 0.0
-                    out[r, i] = 0.5 * acc
-            else:
-                mx, log_s = _softmax_row(x, inv_t, p, tmp)
-                for j in range(d):
-                    p[j] = np.float64(x[j]) * inv_t - mx
-                for r in range(m):
-                    dot = 0.0
-                    for j in range(d):
-                        dot += Q[r, j] * p[j]
-                    out[r, i] = log_s - dot
+        _scan_block(code, Q, X, qq, inv_t, out, b, p, tmp)
+
+
+@njit(**{**_OPTS, "parallel": False})
+def _scan_serial(code, Q, X, qq, inv_t, out):  # type: ignore[no-untyped-def]
+    """_scan on the calling thread, for small work (a filter's few rows, issue 15): waking the
+    worker pool costs more than the work, and on a busy machine the parallel loop waits for its
+    slowest thread's turn on a core (10-20 ms where the work is 1 ms). The same block code inlined."""
+    n, d = X.shape
+    p = np.empty(d)
+    tmp = np.empty(d)
+    for b in range((n + _BLOCK - 1) // _BLOCK):
+        _scan_block(code, Q, X, qq, inv_t, out, b, p, tmp)
+
+
+#: a scan step of fewer (queries x rows x d) terms than this runs on the calling thread
+SERIAL_SCAN_TERMS = 1 << 21
 
 
 def _inv_t(t: float | None) -> float:
@@ -241,25 +264,36 @@ def pair_distances(metric: str, t: float | None, Q: F64, X: F32, rows: I64) -> F
 SCAN_BYTES = 64 * 1024 * 1024
 
 
+#: budget for the rows of X one scan step gathers when it scans a subset of them (`rows`)
+GATHER_BYTES = 16 * 1024 * 1024
+
+
 def scan(metric: str, t: float | None, Q: F64, X: F32, ids: I64, k: int,
-         exclude: I64 | None = None) -> tuple[list[I64], list[F64]]:
+         exclude: I64 | None = None, rows: I64 | None = None) -> tuple[list[I64], list[F64]]:
     """The exact k nearest rows of X for each query: one fused float64 pass over the rows.
 
     Rows go in blocks so the distance block stays within SCAN_BYTES; each block's best k merge
     into a running top k. Ties are broken by the smaller id. exclude[r] (an id, or -1) is left
-    out of query r's answer. Returns per query (ids, distances), nearest first, trimmed.
+    out of query r's answer. With `rows` (positions in X), only those rows are scanned, gathered a
+    block at a time (GATHER_BYTES), and `ids` are theirs (one per entry of `rows`).
+    Returns per query (ids, distances), nearest first, trimmed.
     """
-    m, n = Q.shape[0], X.shape[0]
+    m, n = Q.shape[0], X.shape[0] if rows is None else rows.size
     Qc = np.ascontiguousarray(Q, dtype=np.float64)
     qq = (Qc * Qc).sum(axis=1)
     step = max(1024, SCAN_BYTES // (8 * max(m, 1)))
+    if rows is not None:
+        step = min(step, max(1024, GATHER_BYTES // (4 * max(X.shape[1], 1))))
     best_d = np.full((m, 0), np.inf)
     best_i = np.empty((m, 0), dtype=np.int64)
     for s in range(0, n, step):
-        Xs = X[s : s + step]
+        Xs = X[s : s + step] if rows is None else X[rows[s : s + step]]
         D = np.empty((m, Xs.shape[0]), dtype=np.float64)
-        with region():  # one block at a time: a workqueue layer is entered by one thread only
-            _scan(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)
+        if m * Xs.shape[0] * Xs.shape[1] < SERIAL_SCAN_TERMS:
+            _scan_serial(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)  # calling thread only: no pool to guard
+        else:
+            with region():  # one block at a time: a workqueue layer is entered by one thread only
+                _scan(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)
         block_ids = np.broadcast_to(ids[s : s + step], D.shape)
         if exclude is not None:
             D[block_ids == exclude[:, None]] = np.inf

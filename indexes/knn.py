@@ -10,6 +10,15 @@
   rebuilt from the table once they exceed `TOMBSTONE_FRACTION`. IVF trains once
   `IVF_POINTS_PER_LIST` * nlist points exist and answers by exact scan until then.
 
+Filtered search (issue 15): `search(..., allowed=ids)` answers over the rows of those ids only.
+At most FILTER_SCAN_ROWS matching rows are scanned exactly (float64), whatever the index. Above it, flat
+indexes take FAISS candidates from the matching rows alone (gathered a block at a time), or, when they
+are at least FILTER_GATHER_BELOW of the table, from all rows with k' scaled up, keeping the matching
+ones; either way the certificate holds over the subset unchanged (every matching row outside the
+candidates has a proxy >= D_k', and the bound's norms and probability range over all rows cover the
+subset's), else the matching rows are scanned; HNSW and IVF pass FAISS an id selector (IDSelectorBitmap over HNSW's
+labels, IDSelectorBatch over IVF's ids) and answer "approximate".
+
 Thread safety: searches run concurrently under a readers-writer lock; writes are serialised by a
 mutex, prepared (validated, embedded) while searches continue, and applied under the write lock,
 so a search sees a batch entirely or not at all. Index builds run under the read lock and are
@@ -18,6 +27,8 @@ installed under the write lock.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -60,6 +71,14 @@ PARAM_RANGE: dict[str, tuple[int, int]] = {
 IVF_POINTS_PER_LIST = 39
 #: HNSW is rebuilt without its tombstones once they are this share of its vectors
 TOMBSTONE_FRACTION = 0.25
+#: a filtered search whose filter matches at most this many rows scans them exactly, whatever the index:
+#: cheap (2048 rows of d = 1000 are ~8 MB), exact, and where an HNSW graph cut by a selective filter
+#: loses its neighbours
+FILTER_SCAN_ROWS = 2048
+#: a flat filtered search over at least this share of the rows takes FAISS's candidates from all rows
+#: (k' scaled by 1 / share) and keeps the matching ones, instead of gathering the matching rows: one
+#: pass over the table costs less than copying a third of it and passing over the copy
+FILTER_GATHER_BELOW = 0.3
 _FAISS_METRIC = {embed.L2: faiss.METRIC_L2, embed.IP: faiss.METRIC_INNER_PRODUCT}
 
 
@@ -144,6 +163,8 @@ class Hits:
     ids: Ids
     distances: F64
     how: How
+    #: with a filter: how many stored rows it matched (the rows searched)
+    matched: int | None = None
 
 
 class RWLock:
@@ -268,8 +289,9 @@ class MetricIndex(ABC):
         return True
 
     @abstractmethod
-    def candidates(self, V: F32, kp: int, table: Table) -> tuple[F64, Ids]:
-        """FAISS's kp best (values, ids or table positions) per embedded query, -1 padded."""
+    def candidates(self, V: F32, kp: int, table: Table, rows: Ids | None = None) -> tuple[F64, Ids]:
+        """FAISS's kp best (values, ids or table positions) per embedded query, -1 padded; with `rows`
+        (table positions), among those rows only."""
 
 
 def _embed_table(spec: IndexSpec, table: Table, progress: Callable[[float], None] | None,
@@ -308,10 +330,27 @@ class FlatIndex(MetricIndex):
     def vectors(self, table: Table) -> F32:
         return table.rows if self.column is None else table.column(self.column)
 
-    def candidates(self, V: F32, kp: int, table: Table) -> tuple[F64, Ids]:
+    def candidates(self, V: F32, kp: int, table: Table, rows: Ids | None = None) -> tuple[F64, Ids]:
         _search_setup(*V.shape)
-        D, pos = _faiss_call("search", faiss.knn, V, self.vectors(table), kp, _FAISS_METRIC[self.space])
-        return D.astype(np.float64), pos
+        vectors, metric = self.vectors(table), _FAISS_METRIC[self.space]
+        if rows is None:
+            D, pos = _faiss_call("search", faiss.knn, V, vectors, kp, metric)
+            return D.astype(np.float64), pos
+        # the matching rows a block at a time: each block's kp best, then the kp best of those; a row
+        # left out has a value no better than its block's kp-th, so no better than the overall kp-th
+        step = max(kp, exact.GATHER_BYTES // (4 * vectors.shape[1]))
+        Ds, Ps = [], []
+        for s in range(0, rows.size, step):
+            block = rows[s : s + step]
+            D, local = _faiss_call("search", faiss.knn, V, np.ascontiguousarray(vectors[block]),
+                                   min(kp, block.size), metric)
+            Ds.append(D.astype(np.float64))
+            Ps.append(np.where(local >= 0, block[np.maximum(local, 0)], -1))
+        D, pos = np.hstack(Ds), np.hstack(Ps)
+        if len(Ds) > 1:
+            order = np.argsort(D if metric == faiss.METRIC_L2 else -D, axis=1, kind="stable")[:, :kp]
+            D, pos = np.take_along_axis(D, order, axis=1), np.take_along_axis(pos, order, axis=1)
+        return D, pos
 
 
 class _FaissIndex(MetricIndex):
@@ -394,10 +433,20 @@ class HnswIndex(_FaissIndex):
     def stale(self, n: int) -> bool:
         return self.overflow or self.dead > max(16, TOMBSTONE_FRACTION * self.index.ntotal)
 
-    def candidates(self, V: F32, kp: int, table: Table) -> tuple[F64, Ids]:
+    def candidates(self, V: F32, kp: int, table: Table, rows: Ids | None = None) -> tuple[F64, Ids]:
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
         params.efSearch = max(self.spec.params["ef_search"], kp)
-        if self.dead:
+        if rows is not None:
+            # the allowed labels as a bitmap (labels are dense 0..ntotal; live ones only, so it also
+            # hides the tombstones); `bits` must outlive the search
+            labels = np.fromiter(map(self.label_of.get, table.ids[rows].tolist(), itertools.repeat(-1)),
+                                 dtype=np.int64, count=rows.size)
+            mask = np.zeros(self.index.ntotal, dtype=bool)
+            mask[labels[labels >= 0]] = True
+            bits = np.packbits(mask, bitorder="little")
+            allowed = (faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits)  # kept alive to the end
+            params.sel = allowed[0]
+        elif self.dead:
             selector = self._selector
             if selector is None:
                 bits = np.packbits(self.alive, bitorder="little")
@@ -449,9 +498,17 @@ class IvfIndex(_FaissIndex):
         if self.ready():
             _faiss_call("remove vectors", self.index.remove_ids, np.ascontiguousarray(ids, dtype=np.int64))
 
-    def candidates(self, V: F32, kp: int, table: Table) -> tuple[F64, Ids]:
+    def candidates(self, V: F32, kp: int, table: Table, rows: Ids | None = None) -> tuple[F64, Ids]:
         _search_setup(*V.shape)
-        D, ids = _faiss_call("search", self.index.search, self._query(V), kp)
+        if rows is None:
+            D, ids = _faiss_call("search", self.index.search, self._query(V), kp)
+            return D.astype(np.float64), ids
+        allowed = np.ascontiguousarray(table.ids[rows], dtype=np.int64)
+        params = faiss.SearchParametersIVF()
+        params.nprobe = self.spec.params["nprobe"]  # parameters replace the index's own nprobe
+        params.sel = selector = faiss.IDSelectorBatch(allowed.size, faiss.swig_ptr(allowed))
+        D, ids = _faiss_call("search", self.index.search, self._query(V), kp, params=params)
+        del selector
         return D.astype(np.float64), ids
 
 
@@ -658,10 +715,12 @@ class IndexSet:
 
     def search(self, metric: str, Q: Any, k: int, *, temperature: float | None = None,
                kind: Kind | None = None, exact: bool = False,
-               exclude: Sequence[int | None] | None = None) -> list[Hits]:
+               exclude: Sequence[int | None] | None = None, allowed: Any = None) -> list[Hits]:
         """The k nearest stored rows of each query (rows of Q), as one Hits per query.
 
-        k > count gives count hits; exclude[i] is an id left out of query i's answer.
+        k > count gives count hits; exclude[i] is an id left out of query i's answer; with `allowed`
+        (ids; unknown ones are ignored) only those rows are searched and `Hits.matched` says how many
+        there were.
         """
         k = check_k(k)
         with self._rw.read():
@@ -671,9 +730,17 @@ class IndexSet:
             m = QQ.shape[0]
             excl = self._exclude(exclude, m)
             n = self._table.n
+            rows = None
+            if allowed is not None:
+                pos = self._table.positions(_as_ids(allowed, "allowed"))
+                rows = np.unique(pos[pos >= 0])
+                n = rows.size
             if n == 0:
-                return [Hits(np.empty(0, np.int64), np.empty(0), "scanned") for _ in range(m)]
+                return [Hits(np.empty(0, np.int64), np.empty(0), "scanned", None if rows is None else 0)
+                        for _ in range(m)]
             qs = embed.queries(ix.spec.metric, ix.spec.temperature, QQ)
+            if rows is not None:
+                return [dataclasses.replace(h, matched=n) for h in self._filtered(ix, qs, k, excl, rows, exact)]
             if isinstance(ix, FlatIndex):
                 return self._flat(ix, qs, k, excl)
             if exact or not ix.ready() or _wants_most(ix.spec.metric, k, n):
@@ -692,12 +759,25 @@ class IndexSet:
                 out[i] = _as_ids(e, f"exclude[{i}]")[0]
         return out
 
+    def _filtered(self, ix: MetricIndex, qs: embed.Queries, k: int, excl: Ids | None, rows: Ids,
+                  exact: bool) -> list[Hits]:
+        """Over the table rows `rows` (sorted, non-empty) only."""
+        everyone = np.arange(qs.exact.shape[0])
+        if rows.size <= FILTER_SCAN_ROWS:
+            return self._scan(ix, qs, k, excl, everyone, rows)
+        if isinstance(ix, FlatIndex):
+            return self._flat(ix, qs, k, excl, rows)
+        if exact or not ix.ready():
+            return self._scan(ix, qs, k, excl, everyone, rows)
+        return self._approximate(ix, qs, k, excl, rows)
+
     def _scan(self, ix: MetricIndex, qs: embed.Queries, k: int, excl: Ids | None,
-              which: Ids) -> list[Hits]:
+              which: Ids, rows: Ids | None = None) -> list[Hits]:
         t = self._table
-        ids, dist = exact.scan(ix.spec.metric, ix.spec.temperature, qs.exact[which], t.rows, t.ids, k,
-                               None if excl is None else excl[which])
-        return [Hits(i, d, "scanned") for i, d in zip(ids, dist)]
+        ids = t.ids if rows is None else t.ids[rows]
+        found, dist = exact.scan(ix.spec.metric, ix.spec.temperature, qs.exact[which], t.rows, ids, k,
+                                 None if excl is None else excl[which], rows)
+        return [Hits(i, d, "scanned") for i, d in zip(found, dist)]
 
     def _rerank(self, ix: MetricIndex, qs: embed.Queries, pos: Ids, excl: Ids | None,
                 k: int) -> tuple[list[Ids], list[F64], F64]:
@@ -710,29 +790,42 @@ class IndexSet:
         tau = np.array([d[-1] if len(d) else np.inf for d in top_d])
         return top_ids, top_d, tau
 
-    def _flat(self, ix: FlatIndex, qs: embed.Queries, k: int, excl: Ids | None) -> list[Hits]:
-        """Certify from FAISS candidates (k' from `_kprime`, then 8 k' for the rest), else scan."""
-        n, m = self._table.n, qs.exact.shape[0]
+    def _flat(self, ix: FlatIndex, qs: embed.Queries, k: int, excl: Ids | None,
+              rows: Ids | None = None) -> list[Hits]:
+        """Certify from FAISS candidates (k' from `_kprime`, then 8 k' for the rest), else scan;
+        over the table rows `rows` only when given."""
+        n, m = self._table.n if rows is None else rows.size, qs.exact.shape[0]
         hits: list[Hits | None] = [None] * m
         todo = np.arange(m)
         kp = _kprime(k + (excl is not None))
+        inside = None
+        if rows is not None and rows.size >= FILTER_GATHER_BELOW * self._table.n:
+            inside = np.zeros(self._table.n, dtype=bool)
+            inside[rows] = True
         for _ in range(2):
             if kp >= n or not todo.size:
                 break
-            done = self._certify(ix, qs, k, excl, todo, kp)
+            done = self._certify(ix, qs, k, excl, todo, kp, rows, inside)
             for r, h in zip(todo, done):
                 hits[r] = h
             todo = todo[[h is None for h in done]]
             kp *= 8
         if todo.size:
-            for r, h in zip(todo, self._scan(ix, qs, k, excl, todo)):
+            for r, h in zip(todo, self._scan(ix, qs, k, excl, todo, rows)):
                 hits[r] = h
         return [h for h in hits if h is not None]
 
     def _certify(self, ix: FlatIndex, qs: embed.Queries, k: int, excl: Ids | None, which: Ids,
-                 kp: int) -> list[Hits | None]:
+                 kp: int, rows: Ids | None = None, inside: npt.NDArray[np.bool_] | None = None) -> list[Hits | None]:
         sub = embed.Queries(qs.vectors[which], qs.exact[which], qs.norm[which], qs.pmin[which], qs.pmax[which])
-        D, pos = ix.candidates(sub.vectors, kp, self._table)
+        if inside is not None and rows is not None:
+            # candidates from every row, the matching ones kept: a matching row outside them still has
+            # a value no better than the k'-th over all rows, so the same bound holds for it
+            n = self._table.n
+            D, pos = ix.candidates(sub.vectors, min(n, -(-kp * n // rows.size)), self._table)
+            pos = np.where((pos >= 0) & inside[np.maximum(pos, 0)], pos, -1)
+        else:
+            D, pos = ix.candidates(sub.vectors, kp, self._table, rows)
         top_ids, top_d, tau = self._rerank(ix, sub, pos, None if excl is None else excl[which], k)
         c = None
         if ix.spec.metric == "tri":
@@ -754,10 +847,12 @@ class IndexSet:
                 hits[r] = h
         return hits
 
-    def _approximate(self, ix: MetricIndex, qs: embed.Queries, k: int, excl: Ids | None) -> list[Hits]:
+    def _approximate(self, ix: MetricIndex, qs: embed.Queries, k: int, excl: Ids | None,
+                     rows: Ids | None = None) -> list[Hits]:
         # Hellinger only brackets TRI, so re-rank twice as many; for the others the proxy is the order
-        kp = min(self._table.n, (2 if ix.spec.metric == "tri" else 1) * k + (excl is not None))
-        _, ids = ix.candidates(qs.vectors, kp, self._table)
+        n = self._table.n if rows is None else rows.size
+        kp = min(n, (2 if ix.spec.metric == "tri" else 1) * k + (excl is not None))
+        _, ids = ix.candidates(qs.vectors, kp, self._table, rows)
         pos = self._table.positions(ids)
         top_ids, top_d, _ = self._rerank(ix, qs, pos, excl, k)
         return [Hits(i, d, "approximate") for i, d in zip(top_ids, top_d)]

@@ -17,6 +17,8 @@ import numpy.typing as npt
 
 Ids = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
+#: positions() of more ids than this binary-searches a sorted copy of the ids instead of the dict
+_SORTED_FROM = 4096
 
 
 class Table:
@@ -29,6 +31,7 @@ class Table:
         self._rows: F32 = np.empty((0, dim), dtype=np.float32)
         self._cols: dict[str, F32] = {}
         self._pos: dict[int, int] = {}
+        self._sorted: tuple[Ids, Ids] | None = None  # (ids sorted, their positions); None after a write
 
     @property
     def n(self) -> int:
@@ -50,9 +53,22 @@ class Table:
     def positions(self, ids: Any) -> Ids:
         """Row position of each id, -1 where the id is absent."""
         flat = np.asarray(ids, dtype=np.int64).ravel()
+        if flat.size > _SORTED_FROM and self._n:
+            return self._positions_sorted(flat).reshape(np.shape(ids))
         # map over Python ints: ~3x a generator converting numpy scalars one by one
         out = np.fromiter(map(self._pos.get, flat.tolist(), itertools.repeat(-1)), dtype=np.int64, count=flat.size)
         return out.reshape(np.shape(ids))
+
+    def _positions_sorted(self, flat: Ids) -> Ids:
+        """positions() for many ids (a filter's thousands): binary search in the sorted ids, built
+        once after each write; readers may race to build it, and build the same arrays."""
+        table = self._sorted
+        if table is None:
+            order = np.argsort(self.ids, kind="stable")
+            table = self._sorted = (self.ids[order], order.astype(np.int64))
+        keys, pos = table
+        at = np.minimum(np.searchsorted(keys, flat), max(keys.size - 1, 0))
+        return np.where(keys[at] == flat, pos[at], -1)
 
     def add_column(self, name: str, values: F32) -> None:
         """Install a derived column computed for the current rows (same order)."""
@@ -99,6 +115,7 @@ class Table:
         for i, p in zip(ids[new].tolist(), pos[new].tolist()):
             self._pos[i] = p
         self._n += n_new
+        self._sorted = None
 
     def remove(self, ids: Ids) -> None:
         """Remove the given (existing, unique) ids; the last rows fill the holes."""
@@ -118,6 +135,7 @@ class Table:
         for i, p in zip(self._ids[holes].tolist(), holes.tolist()):
             self._pos[i] = p
         self._n = n_left
+        self._sorted = None
 
     def compact(self) -> None:
         """Give back spare capacity (after a large removal)."""

@@ -61,6 +61,8 @@ ROLES: dict[tuple[str, str], Role] = {
     ("DELETE", _C): "write",
     ("POST", f"{_C}/indexes"): "write",
     ("DELETE", f"{_C}/indexes/{{index_id}}"): "write",
+    ("PUT", f"{_C}/payload_index"): "write",
+    ("DELETE", f"{_C}/payload_index/{{key}}"): "write",
     ("PUT", f"{_C}/points"): "write",
     ("POST", f"{_C}/points/bulk"): "write",
     ("POST", f"{_C}/points/delete"): "write",

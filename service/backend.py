@@ -16,6 +16,7 @@ sees all of it or none of it (a JSON upsert is one IndexSet call, atomic by itse
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -41,6 +42,7 @@ from indexes.knn import (
     IndexSpec,
     RWLock,  # the indexes' writer-preferring readers-writer lock, reused
 )
+from service import filters
 from service.settings import Settings
 from service.store import Ext, Store, StoredCollection
 
@@ -62,6 +64,8 @@ LOAD_WAIT = 10.0
 APPLY_CHUNK = 16384
 #: a bulk ingest up to this many bytes of rows is applied from memory; a larger one is read back from SQLite
 BULK_KEEP_BYTES = 256 * 1024 * 1024
+#: filters whose matching points are kept per process, each valid until its collection's next write
+SELECTION_CACHE = 64
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -77,10 +81,13 @@ class CollectionConfig:
     temperatures: tuple[float, ...]
     kind: str
     params: dict[str, int]
+    #: payload keys indexed for filters (service/filters.py), sorted
+    payload_index: tuple[str, ...] = ()
 
     @classmethod
     def create(cls, dim: Any, metrics: Sequence[str] | None = None, temperatures: Sequence[Any] | None = None,
-               kind: str = "flat", params: dict[str, Any] | None = None) -> CollectionConfig:
+               kind: str = "flat", params: dict[str, Any] | None = None,
+               payload_index: Sequence[str] | None = None) -> CollectionConfig:
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536:
             raise InvalidInput("dim", f"must be a whole number in [1, 65536], got {dim!r}")
         chosen = DEFAULT_METRICS if metrics is None else tuple(metrics)
@@ -98,7 +105,8 @@ class CollectionConfig:
             ts = tuple(sorted({check_temperature(t, f"temperatures.{i}") for i, t in enumerate(raw)}))
         # IndexSpec fills and checks the parameters of the kind (InvalidInput "params.M" etc.)
         probe = IndexSpec(ms[0], ts[0] if ms[0] in ("tri", "ced") else None, kind, dict(params or {}))  # type: ignore[arg-type]
-        return cls(dim, ms, ts, probe.kind, dict(probe.params))
+        keys = tuple(sorted({filters.check_key(k, f"payload_index.{i}") for i, k in enumerate(payload_index or ())}))
+        return cls(dim, ms, ts, probe.kind, dict(probe.params), keys)
 
     def specs(self) -> list[IndexSpec]:
         out = []
@@ -109,12 +117,12 @@ class CollectionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dim": self.dim, "metrics": list(self.metrics), "temperatures": list(self.temperatures),
-                "index": {"kind": self.kind, "params": dict(self.params)}}
+                "index": {"kind": self.kind, "params": dict(self.params)}, "payload_index": list(self.payload_index)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CollectionConfig:
         return cls.create(d["dim"], d["metrics"], d["temperatures"] or None, d["index"]["kind"],
-                          d["index"]["params"])
+                          d["index"]["params"], d.get("payload_index"))
 
     def differences(self, other: CollectionConfig) -> list[str]:
         mine, theirs = self.to_dict(), other.to_dict()
@@ -182,6 +190,18 @@ class Query:
     exact: bool = False
     with_payload: bool = True
     with_vector: bool = False
+    filter: filters.Filter | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The points a filter matched in one collection (`Backend.select`), for an evaluation."""
+
+    iids: Ids
+
+    @property
+    def count(self) -> int:
+        return int(self.iids.size)
 
 
 class Hit(NamedTuple):
@@ -210,6 +230,8 @@ class SearchResult:
     seconds: float
     payloads: list[dict[str, Any] | None] | None = None
     vectors: list[F32 | None] | None = None
+    #: with a filter: the searchable points it matched
+    matched: int | None = None
 
     @property
     def hits(self) -> list[Hit]:
@@ -275,6 +297,9 @@ class Backend:
         self._search_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
         self._loader: threading.Thread | None = None
         self._closed = False
+        # (cid, filter) -> (the collection's write sequence then, the matching iids): a repeated filter
+        # (one class, one photo) skips the payload index until the next write to the collection
+        self._selections: dict[tuple[int, filters.Filter], tuple[int, Ids]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -450,6 +475,9 @@ class Backend:
         with self._registry:
             existing = self._collections.get(name)
             if existing is not None:
+                if set(config.payload_index) <= set(existing.config.payload_index):
+                    # payload keys may have been declared since: asking for fewer is the same collection
+                    config = dataclasses.replace(config, payload_index=existing.config.payload_index)
                 if existing.config != config:
                     raise Conflict(f"collection {name!r} exists with a different configuration: "
                                    + "; ".join(existing.config.differences(config)))
@@ -493,9 +521,9 @@ class Backend:
     def dim(self, name: str) -> int:
         return self._get(name).config.dim
 
-    def count(self, name: str) -> int:
-        """Points searchable now (the evaluation samples from these)."""
-        return self._ready(name)[1].count
+    def count(self, name: str, selection: Selection | None = None) -> int:
+        """Points searchable now (the evaluation samples from these), or the selection's."""
+        return self._ready(name)[1].count if selection is None else selection.count
 
     def sizes(self) -> Iterable[tuple[str, int, list[tuple[str, int]]]]:
         """(collection, points, [(index, vectors)]) for /metrics."""
@@ -600,7 +628,7 @@ class Backend:
                     for j, r in enumerate(fresh):
                         iids[r] = start + j
                 seq = tx.next_seq(coll.cid)
-                tx.put_points(coll.cid, seq, iids.tolist(), ids, X, payloads)
+                tx.put_points(coll.cid, seq, iids.tolist(), ids, X, payloads, coll.config.payload_index)
             self._committed(coll, seq, ids, iids, fresh)
             future = coll.applier.submit(self._apply, coll, seq, iids, X, None)
         return self._result(seq, future, len(ids), wait)
@@ -637,7 +665,7 @@ class Backend:
                     if payloads is not None and n + len(X) > len(payloads):
                         raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
                     tx.put_points(coll.cid, seq, iids.tolist(), exts, X,
-                                  None if payloads is None else payloads[n:n + len(X)])
+                                  None if payloads is None else payloads[n:n + len(X)], coll.config.payload_index)
                     n += len(X)
                     if kept is not None:
                         kept = kept + [(iids, X)] if n * X.shape[1] * 4 <= BULK_KEEP_BYTES else None
@@ -668,6 +696,77 @@ class Backend:
                 coll.iid_of.pop(e, None)
             future = coll.applier.submit(self._apply, coll, seq, None, None, iids)
         return self._result(seq, future, int(iids.size), wait)
+
+    def delete_by_filter(self, name: str, flt: filters.Filter, *, wait: bool = True) -> WriteResult:
+        """Delete every point `flt` matches when the transaction runs (count: how many)."""
+        coll, _ = self._ready(name)
+        filters.check_declared(flt, coll.config.payload_index, coll.name)
+        with coll.lock:
+            self._check_alive(coll)
+            with self.store.transaction() as tx:
+                iids = tx.matching(coll.cid, flt)
+                seq = tx.next_seq(coll.cid)
+                tx.delete_points(coll.cid, seq, iids.tolist())
+            coll.last_seq = seq
+            for i in iids.tolist():
+                e = coll.ext_of.get(i)
+                if e is not None:
+                    coll.iid_of.pop(e, None)
+            future = coll.applier.submit(self._apply, coll, seq, None, None, iids)
+        return self._result(seq, future, int(iids.size), wait)
+
+    # --- payload index ---------------------------------------------------------------------------
+
+    def declare_payload_index(self, name: str, keys: Sequence[str]) -> tuple[str, ...]:
+        """Index payload `keys` for filters (back-filled from the stored payloads in the same
+        transaction that records them); keys indexed already are left as they are. The indexed keys."""
+        coll, _ = self._ready(name)
+        wanted = [filters.check_key(k, f"fields.{i}") for i, k in enumerate(keys)]
+        with coll.lock:
+            self._check_alive(coll)
+            new = tuple(sorted(set(wanted) - set(coll.config.payload_index)))
+            if new:
+                config = dataclasses.replace(coll.config, payload_index=tuple(sorted({*coll.config.payload_index, *new})))
+                with self.store.transaction() as tx:
+                    tx.set_config(coll.cid, config.to_dict())
+                    tx.index_payloads(coll.cid, new)
+                coll.config = config
+            return coll.config.payload_index
+
+    def drop_payload_index(self, name: str, key: str) -> tuple[str, ...]:
+        """Stop indexing payload `key` (NotFound when it is not indexed). The indexed keys."""
+        coll, _ = self._ready(name)
+        with coll.lock:
+            self._check_alive(coll)
+            if key not in coll.config.payload_index:
+                raise NotFound(f"payload key {key!r} is not indexed in collection {name!r}; "
+                               f"indexed: {list(coll.config.payload_index)}")
+            config = dataclasses.replace(coll.config, payload_index=tuple(k for k in coll.config.payload_index
+                                                                          if k != key))
+            with self.store.transaction() as tx:
+                tx.set_config(coll.cid, config.to_dict())
+                tx.unindex_payloads(coll.cid, key)
+            coll.config = config
+            return config.payload_index
+
+    def _matching(self, coll: _Collection, flt: filters.Filter) -> Ids:
+        filters.check_declared(flt, coll.config.payload_index, coll.name)
+        key, seq = (coll.cid, flt), coll.last_seq  # read before SQLite: a later write only makes it older
+        hit = self._selections.get(key)
+        if hit is not None and hit[0] == seq:
+            return hit[1]
+        iids = self.store.matching(coll.cid, flt)
+        iids.flags.writeable = False
+        with self._registry:
+            if len(self._selections) >= SELECTION_CACHE:
+                self._selections.pop(next(iter(self._selections)), None)
+            self._selections[key] = (seq, iids)
+        return iids
+
+    def select(self, name: str, flt: filters.Filter) -> Selection:
+        """The searchable points `flt` matches now (for `count` and `evaluate_data`)."""
+        coll, iset = self._ready(name)
+        return Selection(np.intersect1d(self._matching(coll, flt), iset.all_ids()))
 
     @staticmethod
     def _check_alive(coll: _Collection) -> None:
@@ -793,10 +892,17 @@ class Backend:
         return out
 
     def scroll(self, name: str, offset: int | None, limit: int, *, with_vector: bool = False,
-               with_payload: bool = True) -> tuple[list[Point], int | None]:
-        """Up to `limit` points from cursor `offset` (None: the start) and the next cursor (None: done)."""
+               with_payload: bool = True, filter: filters.Filter | None = None) -> tuple[list[Point], int | None]:
+        """Up to `limit` points from cursor `offset` (None: the start) and the next cursor (None: done);
+        with `filter`, the points it matches."""
         coll = self._get(name)
-        rows = self.store.scroll(coll.cid, offset or 0, limit + 1, vector=with_vector, payload=with_payload)
+        if filter is not None:
+            iids = self._matching(coll, filter)
+            page = iids[iids >= (offset or 0)][:limit + 1].tolist()
+            found = self.store.points(coll.cid, page, vector=with_vector, payload=with_payload)
+            rows = [found[i] for i in page if i in found]
+        else:
+            rows = self.store.scroll(coll.cid, offset or 0, limit + 1, vector=with_vector, payload=with_payload)
         nxt = rows[limit].iid if len(rows) > limit else None
         return [Point(r.ext, r.vector, r.payload) for r in rows[:limit]], nxt
 
@@ -808,13 +914,16 @@ class Backend:
             raise NotFound(f"point {ext!r} not found in collection {name!r}")
         return iset.vectors(np.array([iid]))[0]
 
-    def evaluate_data(self, name: str, sample: int, seed: int) -> tuple[list[Ext], F32]:
+    def evaluate_data(self, name: str, sample: int, seed: int,
+                      selection: Selection | None = None) -> tuple[list[Ext], F32]:
         """`sample` points drawn uniformly without replacement (seeded; all of them if sample >= count),
-        in insertion order: their ids and float32 rows."""
+        in insertion order: their ids and float32 rows; drawn from `selection` when given."""
         coll, iset = self._ready(name)
         for attempt in range(3):
             with coll.gate.read():
                 ids = np.sort(iset.all_ids())
+                if selection is not None:
+                    ids = np.intersect1d(ids, selection.iids)
                 if sample < ids.size:
                     ids = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
                 try:
@@ -838,17 +947,20 @@ class Backend:
         picked: dict[tuple[Any, Any, Any], IndexSpec] = {}  # a batch mostly asks one index
         plans = [self._plan(coll, iset, q, f"searches.{i}." if len(queries) > 1 else "", picked)
                  for i, q in enumerate(queries)]
-        groups: dict[tuple[str, int, bool], list[int]] = {}
+        groups: dict[tuple[str, int, bool, filters.Filter | None], list[int]] = {}
         for i, (q, (spec, _, _)) in enumerate(zip(queries, plans)):
-            groups.setdefault((spec.key, q.k, q.exact), []).append(i)
+            groups.setdefault((spec.key, q.k, q.exact, q.filter), []).append(i)
+        # each distinct filter resolved once, from the payload index, before taking a search slot
+        allowed = {f: self._matching(coll, f) for f in {q.filter for q in queries} if f is not None}
         answers: list[tuple[Hits, float] | None] = [None] * len(queries)
         with self._search_slots, coll.gate.read():
-            for (_, k, exact), members in groups.items():
+            for (_, k, exact, flt), members in groups.items():
                 spec = plans[members[0]][0]
                 Q = np.stack([plans[i][1] for i in members])
                 started = time.perf_counter()
                 hits = iset.search(spec.metric, Q, k, temperature=spec.temperature, kind=spec.kind,
-                                   exact=exact, exclude=[plans[i][2] for i in members])
+                                   exact=exact, exclude=[plans[i][2] for i in members],
+                                   allowed=None if flt is None else allowed[flt])
                 seconds = time.perf_counter() - started
                 for i, h in zip(members, hits):
                     answers[i] = (h, seconds)
@@ -951,7 +1063,7 @@ class Backend:
                 if q.with_vector:
                     vectors = [r.vector if r is not None else None for r in rows]
             out.append(SearchResult(spec.metric, spec.temperature, spec.key, spec.kind, hits.how, q.k, exts, dists,
-                                    seconds, payloads, vectors))
+                                    seconds, payloads, vectors, hits.matched))
         return out
 
 

@@ -152,7 +152,7 @@ def _search(args: argparse.Namespace) -> int:
     with _client(args) as client:
         hits = client.search(args.name, vector, id=None if args.id is None else _point_id(args.id, args.id_type),
                              k=args.k, metric=args.metric, temperature=args.temperature, kind=args.kind,
-                             exact=args.exact, with_payload=True)
+                             exact=args.exact, with_payload=True, filter=args.filter)
     if args.json:
         print(json.dumps({"ids": hits.ids, "distances": hits.distances.tolist(), "payloads": hits.payloads,
                           "metric": hits.metric, "temperature": hits.temperature, "how": hits.how}))
@@ -252,14 +252,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.evaluate(args.name, vector, id=pid, temperatures=args.temperatures, metrics=args.metrics,
                                  sample=args.sample, seed=args.seed, mode=args.mode, ranks=args.ranks,
-                                 queries=args.queries, queries_seed=args.seed)
+                                 queries=args.queries, queries_seed=args.seed, filter=args.filter)
         written = []
         if args.plot:
             out = Path(args.plot)
             for t in args.temperatures:
                 path = out if len(args.temperatures) == 1 else out.with_name(f"{out.stem}_t{t:g}{out.suffix}")
                 client.shepard(args.name, vector, id=pid, temperature=t, metric=args.metric, sample=args.sample,
-                               seed=args.seed, ranks=args.ranks, path=path)
+                               seed=args.seed, ranks=args.ranks, path=path, filter=args.filter)
                 written.append(f"wrote {path}: Shepard diagram of CED vs {args.metric} at t = {t:g}")
     print(json.dumps(result, indent=2) if args.json else _evaluation_report(result))
     for line in written:
@@ -272,6 +272,18 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
                    help="server address (LOGITSEARCH_URL, default http://127.0.0.1:6340)")
     p.add_argument("--api-key", default=os.environ.get("LOGITSEARCH_API_KEY"),
                    help="API key (LOGITSEARCH_API_KEY)")
+
+
+def _filter(text: str) -> Any:
+    """--filter: a JSON object, Qdrant's {must, should, must_not} (checked by the server)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}); e.g. '{{\"must\": [{{\"key\": \"label\", "
+                                         f"\"match\": {{\"value\": \"cat\"}}}}]}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object {must, should, must_not}")
+    return value
 
 
 def _csv(kind: type) -> Any:
@@ -330,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--kind", choices=["flat", "hnsw", "ivf"], help="index kind to use")
     search.add_argument("--exact", action="store_true", help="exact answer even on hnsw/ivf")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.add_argument("--filter", type=_filter, help="search only the points this payload filter matches "
+                        "(JSON, e.g. '{\"must_not\": [{\"key\": \"photo\", \"match\": {\"value\": \"a.jpg\"}}]}')")
     _add_connection(search)
     search.set_defaults(func=_search)
 
@@ -365,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metric", default="tri", choices=["euc", "cos", "tri", "jsd", "hellinger", "kld"],
                     help="the metric of --plot (default tri)")
     ev.add_argument("--json", action="store_true", help="print the JSON answer instead of a table")
+    ev.add_argument("--filter", type=_filter, help="evaluate on the points this payload filter matches (JSON)")
     _add_connection(ev)
     ev.set_defaults(func=_evaluate)
     return parser

@@ -215,14 +215,20 @@ class _Api:
 
     def create_collection(self, name: str, dim: int, *, metrics: Sequence[str] | None = None,
                           temperatures: Sequence[float] | None = None, kind: str = "flat",
-                          params: dict[str, int] | None = None) -> Any:
-        """Create (or confirm) a collection; ApiError 409 if it exists with another configuration."""
-        body: dict[str, Any] = {"dim": int(dim), "index": {"kind": kind, "params": dict(params or {})}}
+                          params: dict[str, int] | None = None, payload_index: Sequence[str] = ()) -> Any:
+        """Create (or confirm) a collection; ApiError 409 if it exists with another configuration.
+        `payload_index`: payload keys filters may use."""
+        body: dict[str, Any] = {"dim": int(dim), "index": {"kind": kind, "params": dict(params or {})},
+                                "payload_index": list(payload_index)}
         if metrics is not None:
             body["metrics"] = list(metrics)
         if temperatures is not None:
             body["temperatures"] = [float(t) for t in temperatures]
         return self._send(_Call("PUT", f"/v1/collections/{name}", _json, json=body))
+
+    def payload_index(self, name: str, fields: Sequence[str]) -> Any:
+        """Index payload keys for filters (back-filled); the collection's indexed keys."""
+        return self._send(_Call("PUT", f"/v1/collections/{name}/payload_index", _json, json={"fields": list(fields)}))
 
     def delete_collection(self, name: str) -> Any:
         return self._send(_Call("DELETE", f"/v1/collections/{name}", _json))
@@ -313,14 +319,19 @@ class _Api:
         return self._send(_Call("POST", f"/v1/collections/{name}/points/get", lambda r: _points(r.json()),
                                 json=body))
 
-    def delete(self, name: str, ids: Sequence[Id], *, wait: bool = True) -> Any:
-        return self._send(_Call("POST", f"/v1/collections/{name}/points/delete", _json, json={"ids": list(ids)},
+    def delete(self, name: str, ids: Sequence[Id] | None = None, *, filter: dict[str, Any] | None = None,
+               wait: bool = True) -> Any:
+        """Delete `ids`, or every point `filter` (Qdrant's {must, should, must_not}) matches."""
+        body = {"filter": filter} if ids is None else {"ids": list(ids)}
+        return self._send(_Call("POST", f"/v1/collections/{name}/points/delete", _json, json=body,
                                 params={"wait": "true" if wait else "false"}))
 
     def scroll(self, name: str, offset: int | None = None, limit: int = 100, *, with_vector: bool = False,
-               with_payload: bool = True) -> Any:
-        """One page of points in insertion order; pass `.next_offset` back for the next (None: done)."""
-        body = {"offset": offset, "limit": limit, "with_vector": with_vector, "with_payload": with_payload}
+               with_payload: bool = True, filter: dict[str, Any] | None = None) -> Any:
+        """One page of points in insertion order (those `filter` matches); pass `.next_offset` back for
+        the next (None: done)."""
+        body = {"offset": offset, "limit": limit, "with_vector": with_vector, "with_payload": with_payload,
+                "filter": filter}
         return self._send(_Call("POST", f"/v1/collections/{name}/points/scroll", lambda r: _points(r.json()),
                                 json=body))
 
@@ -347,9 +358,13 @@ class _Api:
 
     def search(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None, k: int = 10,
                metric: str | None = None, temperature: float | None = None, kind: str | None = None,
-               exact: bool = False, with_payload: bool = True, with_vector: bool = False) -> Any:
-        """The k nearest points of `vector` (or of the stored point `id`, left out of the answer)."""
+               exact: bool = False, with_payload: bool = True, with_vector: bool = False,
+               filter: dict[str, Any] | None = None) -> Any:
+        """The k nearest points of `vector` (or of the stored point `id`, left out of the answer), among
+        those `filter` matches when given."""
         body = self._search_body(vector, id, k, metric, temperature, kind, exact, with_payload, with_vector)
+        if filter is not None:
+            body["filter"] = filter
         return self._send(_Call("POST", f"/v1/collections/{name}/search", lambda r: _hits(r.json()), json=body))
 
     def search_batch(self, name: str, Q: npt.ArrayLike | None = None, *, ids: Sequence[Id] | None = None,
@@ -373,7 +388,7 @@ class _Api:
     def evaluate(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
                  temperatures: float | Sequence[float] = 10.0, metrics: Sequence[str] | None = None,
                  sample: int | None = None, seed: int = 0, mode: str = "one_to_many", ranks: str = "average",
-                 queries: int | None = None, queries_seed: int = 0) -> Any:
+                 queries: int | None = None, queries_seed: int = 0, filter: dict[str, Any] | None = None) -> Any:
         """Spearman's rho of CED against each metric, per temperature, for the query `vector` or stored
         `id`, or for `queries` random stored queries (summarised), or all pairs (mode many_to_many).
         Returns the response as a dict: `results` (or `summary`), `sample`, the recommendation..."""
@@ -382,7 +397,7 @@ class _Api:
         if vector is not None:
             body["vector"] = np.asarray(vector, dtype=np.float64).ravel().tolist()
         for key, value in (("id", id), ("metrics", None if metrics is None else list(metrics)),
-                           ("sample", sample)):
+                           ("sample", sample), ("filter", filter)):
             if value is not None:
                 body[key] = value
         if queries is not None:
@@ -404,7 +419,7 @@ class _Api:
     def shepard(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
                 temperature: float = 10.0, metric: str = "tri", sample: int | None = None, seed: int = 0,
                 ranks: str = "average", max_points: int = 10_000, width: int = 800, height: int = 600,
-                path: str | Path | None = None) -> Any:
+                path: str | Path | None = None, filter: dict[str, Any] | None = None) -> Any:
         """The Shepard diagram (CED vs `metric`) as PNG bytes; also written to `path` if given."""
         body: dict[str, Any] = {"temperature": float(temperature), "metric": metric, "seed": int(seed),
                                 "ranks": ranks, "max_points": int(max_points), "width": int(width),
@@ -415,6 +430,8 @@ class _Api:
             body["id"] = id
         if sample is not None:
             body["sample"] = int(sample)
+        if filter is not None:
+            body["filter"] = filter
 
         def parse(r: httpx.Response) -> bytes:
             if path is not None:

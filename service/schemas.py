@@ -36,6 +36,22 @@ PointId = Annotated[
 ]
 Payload = dict[str, Any]
 
+FILTER_DOC = (
+    "Qdrant's filter: {must: [...], should: [...], must_not: [...]} (all must hold, at least one should, "
+    "none of must_not), each entry a condition or a nested filter. Conditions: {key, match: {value}} "
+    "(string, integer or boolean), {key, match: {any: [...]}}, {key, range: {gt, gte, lt, lte}}, "
+    "{has_id: [ids]}, {is_empty: {key}} (missing, null or []). Keys are dotted payload paths ('a.b', "
+    "'a[].b' steps into an array) and must be declared in the collection's payload_index. "
+    "Parsed and checked by service/filters.py: a bad filter is a 422 naming the path, e.g. "
+    "filter.must.0.range.gt.")
+FILTER_EXAMPLE = {"must": [{"key": "label", "match": {"value": "cat"}}],
+                  "must_not": [{"key": "photo", "match": {"any": ["a.jpg", "b.jpg"]}}]}
+#: a filter on the wire: JSON checked by service.filters.parse (exact paths in its errors)
+FilterIn = Annotated[dict[str, Any], WithJsonSchema({
+    "type": "object", "description": FILTER_DOC, "examples": [FILTER_EXAMPLE],
+    "properties": {c: {"type": "array", "items": {"type": "object"}} for c in ("must", "should", "must_not")},
+    "additionalProperties": False})]
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -56,6 +72,17 @@ class CollectionIn(_In):
     temperatures: list[float] = Field([10.0], min_length=1, max_length=64,
                                       description="softmax temperatures for tri and ced, each in [0.01, 1e4]")
     index: IndexConfig = Field(default_factory=IndexConfig)
+    payload_index: list[str] = Field(default_factory=list, max_length=256,
+                                     description="payload keys to index for filters, e.g. [\"photo\", \"label\"] "
+                                     "(more later with PUT .../payload_index)")
+
+
+class PayloadIndexIn(_In):
+    fields: list[str] = Field(min_length=1, max_length=256, description="payload keys (dotted paths) to index")
+
+
+class PayloadIndexOut(BaseModel):
+    payload_index: list[str] = Field(description="the collection's indexed payload keys")
 
 
 class IndexIn(_In):
@@ -91,6 +118,7 @@ class CollectionOut(BaseModel):
     last_operation_id: int = Field(description="sequence number of the last acknowledged write")
     status: Literal["loading", "ready", "rebuilding", "failed"]
     indexes: list[IndexOut]
+    payload_index: list[str] = Field(default_factory=list, description="payload keys indexed for filters")
 
 
 class CollectionsOut(BaseModel):
@@ -147,7 +175,8 @@ class PointsOut(BaseModel):
 
 
 class DeleteIn(_In):
-    ids: list[PointId] = Field(min_length=1)
+    ids: list[PointId] | None = Field(None, min_length=1, description="the points to delete; or filter")
+    filter: FilterIn | None = Field(None, description="delete every point it matches (instead of ids)")
 
 
 class ScrollIn(_In):
@@ -155,6 +184,7 @@ class ScrollIn(_In):
     limit: int = Field(100, ge=1, le=10_000)
     with_vector: bool = False
     with_payload: bool = True
+    filter: FilterIn | None = Field(None, description="only the points it matches")
 
 
 class ScrollOut(BaseModel):
@@ -177,6 +207,9 @@ class SearchIn(_In):
     exact: bool = Field(False, description="force an exact answer on hnsw/ivf indexes")
     with_payload: bool = True
     with_vector: bool = False
+    filter: FilterIn | None = Field(None, description="search only the points it matches; exact on flat "
+                                    "indexes, approximate on hnsw/ivf, an exact scan when it matches at most "
+                                    "2048 points")
 
 
 class HitOut(BaseModel):
@@ -184,6 +217,12 @@ class HitOut(BaseModel):
     distance: float = Field(description="in the metric's own units; smaller is nearer")
     payload: Payload | None = None
     vector: list[float] | None = None
+
+
+class FilteredOut(BaseModel):
+    matched: int = Field(description="searchable points the filter matched (the rows searched)")
+    scan_threshold: int = Field(description="a filter matching at most this many points is answered by an exact "
+                                "float64 scan of them, whatever the index")
 
 
 class SearchOut(BaseModel):
@@ -199,6 +238,7 @@ class SearchOut(BaseModel):
     k: int
     took_ms: float = Field(description="time in the index, milliseconds")
     hits: list[HitOut]
+    filtered: FilteredOut | None = Field(None, description="present when the search had a filter")
 
 
 class SearchBatchIn(_In):

@@ -15,6 +15,10 @@ Tables:
   ids). `vector` is little-endian float32, `payload` a JSON object or NULL, `seq` the write that set it.
 - `deleted(cid, iid, seq)`: deletes, so an index snapshot older than a delete can be brought up to
   date; pruned up to the snapshot's sequence once a snapshot is saved.
+- `payload_values(cid, key, kind, value, iid)`: the payload index (issue 15), one row per scalar value of
+  each declared payload key of each point (kinds and semantics in service/filters.py); `value` has no
+  declared type, so integers, floats and strings keep their own. Written in the same transaction as
+  the point (upsert, bulk ingest, delete), back-filled when a key is declared later.
 - `meta(key, value)`: `next_iid`.
 """
 
@@ -26,7 +30,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +40,12 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import StorageError
+from service import filters
 
 log = logging.getLogger("logitsearch.store")
 
 FILENAME = "logitsearch.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: payload_values (an older logitsearch would write points without their index rows)
 #: rows per SELECT batch when streaming vectors out (replay, rebuild)
 READ_CHUNK = 8192
 
@@ -75,6 +80,15 @@ CREATE TABLE IF NOT EXISTS deleted (
     seq INTEGER NOT NULL,
     PRIMARY KEY (cid, iid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS payload_values (
+    cid INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value NOT NULL,
+    iid INTEGER NOT NULL,
+    PRIMARY KEY (cid, key, kind, value, iid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS payload_values_iid ON payload_values (iid);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('next_iid', 0);
 """
@@ -145,6 +159,20 @@ def _point(row: Sequence[Any], vector: bool, payload: bool) -> StoredPoint:
                        json.loads(row[3]) if payload and row[3] is not None else None)
 
 
+def _iids(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Ids:
+    # one text row parsed by numpy: a third of the time of building a Python row per id (50k ids)
+    text = conn.execute(f"SELECT group_concat(iid) FROM ({sql})", args).fetchone()[0]
+    return np.empty(0, np.int64) if text is None else np.fromstring(text, dtype=np.int64, sep=",")
+
+
+def _matching(conn: sqlite3.Connection, cid: int, f: filters.Filter) -> Ids:
+    def leaf(c: filters.Leaf) -> Ids:
+        sql, args = filters.leaf_sql(c)
+        return np.unique(_iids(conn, sql, [cid, *args]))
+
+    return filters.resolve(f, leaf, lambda: np.sort(_iids(conn, "SELECT iid FROM points WHERE cid = ?", [cid])))
+
+
 class Transaction:
     """The writes of one request; `Store.transaction` commits them together or not at all."""
 
@@ -159,8 +187,11 @@ class Transaction:
     def set_indexes(self, cid: int, indexes: list[dict[str, Any]]) -> None:
         self._c.execute("UPDATE collections SET indexes = ? WHERE cid = ?", (json.dumps(indexes), cid))
 
+    def set_config(self, cid: int, config: dict[str, Any]) -> None:
+        self._c.execute("UPDATE collections SET config = ? WHERE cid = ?", (json.dumps(config), cid))
+
     def drop_collection(self, cid: int) -> None:
-        for table in ("points", "deleted", "collections"):
+        for table in ("points", "deleted", "payload_values", "collections"):
             self._c.execute(f"DELETE FROM {table} WHERE cid = ?", (cid,))
 
     def next_seq(self, cid: int) -> int:
@@ -176,8 +207,9 @@ class Transaction:
         return int(row[0]) - n
 
     def put_points(self, cid: int, seq: int, iids: Sequence[int], exts: Sequence[Ext], X: F32,
-                   payloads: Sequence[str | None] | None) -> None:
-        """Insert or replace rows (a replaced point keeps its iid); X is float32 (n, d) C-ordered."""
+                   payloads: Sequence[str | None] | None, indexed: tuple[str, ...] = ()) -> None:
+        """Insert or replace rows (a replaced point keeps its iid); X is float32 (n, d) C-ordered;
+        the payload index rows of the `indexed` keys are replaced with them."""
         X = np.ascontiguousarray(X, dtype="<f4")
         pay = payloads if payloads is not None else [None] * len(iids)
         self._c.executemany(
@@ -185,9 +217,33 @@ class Transaction:
             "ON CONFLICT (iid) DO UPDATE SET seq = excluded.seq, vector = excluded.vector, "
             "payload = excluded.payload",
             ((int(i), cid, e, seq, memoryview(X[r]), pay[r]) for r, (i, e) in enumerate(zip(iids, exts))))
+        if indexed:
+            self._c.executemany("DELETE FROM payload_values WHERE iid = ?", ((int(i),) for i in iids))
+            self._index(cid, ((int(i), p) for i, p in zip(iids, pay) if p is not None), indexed)
+
+    def _index(self, cid: int, payloads: Iterable[tuple[int, str]], keys: tuple[str, ...]) -> None:
+        self._c.executemany(
+            "INSERT OR IGNORE INTO payload_values (cid, key, kind, value, iid) VALUES (?, ?, ?, ?, ?)",
+            ((cid, key, kind, value, iid) for iid, text in payloads
+             for key, kind, value in filters.index_rows(json.loads(text), keys)))
+
+    def index_payloads(self, cid: int, keys: tuple[str, ...]) -> None:
+        """Back-fill the payload index for newly declared `keys` from every stored payload."""
+        self._c.execute(f"DELETE FROM payload_values WHERE cid = ? AND key IN ({','.join('?' * len(keys))})",
+                        (cid, *keys))
+        rows = self._c.execute("SELECT iid, payload FROM points WHERE cid = ? AND payload IS NOT NULL", (cid,))
+        self._index(cid, rows.fetchall(), keys)
+
+    def unindex_payloads(self, cid: int, key: str) -> None:
+        self._c.execute("DELETE FROM payload_values WHERE cid = ? AND key = ?", (cid, key))
+
+    def matching(self, cid: int, f: filters.Filter) -> Ids:
+        """The iids of the points `f` matches, as this transaction sees them (sorted)."""
+        return _matching(self._c, cid, f)
 
     def delete_points(self, cid: int, seq: int, iids: Sequence[int]) -> None:
         self._c.executemany("DELETE FROM points WHERE iid = ?", ((int(i),) for i in iids))
+        self._c.executemany("DELETE FROM payload_values WHERE iid = ?", ((int(i),) for i in iids))
         self._c.executemany("INSERT OR REPLACE INTO deleted (cid, iid, seq) VALUES (?, ?, ?)",
                             ((cid, int(i), seq) for i in iids))
 
@@ -353,6 +409,16 @@ class Store:
             for row in conn.execute(f"SELECT {cols} FROM points WHERE cid = ? AND iid IN ({marks})", [cid, *part]):
                 out[row[0]] = _point(row, vector, payload)
         return out
+
+    @_guarded
+    def matching(self, cid: int, f: filters.Filter) -> Ids:
+        """The iids of the points `f` matches (sorted), all leaves read in one snapshot."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return _matching(conn, cid, f)
+        finally:
+            conn.execute("COMMIT")
 
     @_guarded
     def scroll(self, cid: int, start: int, limit: int, *, vector: bool, payload: bool) -> list[StoredPoint]:

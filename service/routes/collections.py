@@ -17,6 +17,8 @@ from service.schemas import (
     IndexesOut,
     IndexIn,
     IndexOut,
+    PayloadIndexIn,
+    PayloadIndexOut,
 )
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=ProblemRoute)
@@ -38,7 +40,7 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
     return CollectionOut(name=info.name, dim=c.dim, metrics=list(c.metrics), temperatures=list(c.temperatures),
                          index=IndexConfig(kind=c.kind, params=dict(c.params)), count=info.count,  # type: ignore[arg-type]
                          last_operation_id=info.last_operation_id, status=info.status,
-                         indexes=[index_out(i) for i in info.indexes])
+                         indexes=[index_out(i) for i in info.indexes], payload_index=list(c.payload_index))
 
 
 def _in_index(exc: InvalidInput) -> InvalidInput:
@@ -57,7 +59,7 @@ def put_collection(name: str, body: CollectionIn, request: Request, response: Re
     collection; a different one is 409."""
     try:
         config = CollectionConfig.create(body.dim, body.metrics, body.temperatures, body.index.kind,
-                                         body.index.params)
+                                         body.index.params, body.payload_index)
     except InvalidInput as exc:
         raise _in_index(exc) from None
     info, created = backend_of(request).create_collection(name, config)
@@ -102,3 +104,16 @@ def add_index(name: str, body: IndexIn, request: Request, response: Response) ->
 def drop_index(name: str, index_id: str, request: Request) -> DeletedOut:
     backend_of(request).drop_index(name, index_id)
     return DeletedOut(deleted=index_id)
+
+
+@router.put("/{name}/payload_index", response_model=PayloadIndexOut, summary="Index payload keys for filters")
+def declare_payload_index(name: str, body: PayloadIndexIn, request: Request) -> PayloadIndexOut:
+    """Declare payload keys (dotted paths) that filters may use; the index is back-filled from the
+    stored payloads in one transaction, and kept with every later write. Keys indexed already are
+    left as they are (idempotent)."""
+    return PayloadIndexOut(payload_index=list(backend_of(request).declare_payload_index(name, body.fields)))
+
+
+@router.delete("/{name}/payload_index/{key}", response_model=PayloadIndexOut, summary="Stop indexing a payload key")
+def drop_payload_index(name: str, key: str, request: Request) -> PayloadIndexOut:
+    return PayloadIndexOut(payload_index=list(backend_of(request).drop_payload_index(name, key)))

@@ -31,8 +31,9 @@ from core.evaluation import (
     shepard_data,
 )
 from core.ranks import Rho
+from service import filters
 from service.problems import ProblemRoute
-from service.schemas import PointId
+from service.schemas import FilterIn, PointId
 from service.shepard import MAX_PIXELS, MIN_PIXELS, shepard_png
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["evaluate"], route_class=ProblemRoute)
@@ -77,6 +78,8 @@ class EvaluateIn(BaseModel):
         "average", description="average: ties share their average rank (= scipy); paper: the tie-breaking of "
         "the paper's MATLAB spearman_rho.m (inflates rho when there are ties)")
     queries: QueriesIn | None = Field(None, description="evaluate this many random stored queries, summarised")
+    filter: FilterIn | None = Field(None, description="evaluate on the points it matches only (e.g. one class): "
+                                    "the sample and the queries are drawn from them")
 
 
 class ShepardIn(BaseModel):
@@ -91,6 +94,7 @@ class ShepardIn(BaseModel):
     max_points: int = Field(MAX_SHEPARD_POINTS, ge=2, le=MAX_SHEPARD_POINTS, description="points drawn")
     width: int = Field(800, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
     height: int = Field(600, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
+    filter: FilterIn | None = Field(None, description="compare with the points it matches only")
 
 
 class RhoOut(BaseModel):
@@ -143,7 +147,7 @@ class QueriesTemperatureOut(BaseModel):
 
 class SampleOut(BaseModel):
     size: int = Field(description="points drawn from the collection")
-    of: int = Field(description="points in the collection")
+    of: int = Field(description="points in the collection (with a filter: the points it matched)")
     sampled: bool = Field(description="false: the whole collection; true: a uniform sample")
     seed: int | None
 
@@ -232,12 +236,15 @@ def _sample_size(requested: int | None, count: int, default: int, limit: int, na
     return requested
 
 
-def _data(request: Request, name: str, requested: int | None, seed: int, default: int
-          ) -> tuple[list[Any], np.ndarray, SampleOut]:
+def _data(request: Request, name: str, requested: int | None, seed: int, default: int,
+          flt: dict[str, Any] | None = None) -> tuple[list[Any], np.ndarray, SampleOut]:
     backend = _backend(request)
-    count = int(backend.count(name))
+    selection = None if flt is None else backend.select(name, filters.parse(flt, "filter"))
+    count = int(backend.count(name, selection))
+    if flt is not None and count == 0:
+        raise InvalidInput("filter", f"matches no point of collection {name!r}: nothing to evaluate")
     size = _sample_size(requested, count, default, request.app.state.settings.max_eval_sample, name)
-    ids, X = backend.evaluate_data(name, size, seed)
+    ids, X = backend.evaluate_data(name, size, seed, selection)
     return list(ids), X, SampleOut(size=len(ids), of=count, sampled=len(ids) < count,
                                    seed=seed if len(ids) < count else None)
 
@@ -270,7 +277,7 @@ def evaluate_collection(name: str, body: EvaluateIn, request: Request) -> Evalua
             raise InvalidInput("queries", "give queries or one query (id / vector), not both")
         if body.mode != "one_to_many":
             raise InvalidInput("mode", "queries evaluates one_to_many, each query against the sample")
-        ids, X, sample = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE)
+        ids, X, sample = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
         qe = evaluate_queries(X, ts, n_queries=body.queries.sample, seed=body.queries.seed,
                               metrics=body.metrics, ranks=body.ranks)
         summary = [QueriesTemperatureOut(
@@ -285,12 +292,12 @@ def evaluate_collection(name: str, body: EvaluateIn, request: Request) -> Evalua
         if body.id is not None or body.vector is not None:
             raise InvalidInput("mode", "many_to_many compares all pairs within the sample and takes no query")
         ids, X, sample = _data(request, name, body.sample, body.seed,
-                               min(DEFAULT_PAIRS_SAMPLE, MANY_TO_MANY_MAX_ROWS))
+                               min(DEFAULT_PAIRS_SAMPLE, MANY_TO_MANY_MAX_ROWS), body.filter)
         ev = evaluate(X, ts, metrics=body.metrics, mode="many_to_many", ranks=body.ranks)
         query: dict[str, Any] = {}
         reference = f"{REFERENCE}. {PAIR_ORDER}"
     else:
-        ids, X, sample = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE)
+        ids, X, sample = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
         xq, exclude, query = _query(request, name, body.id, body.vector, ids)
         ev = evaluate(X, ts, query=xq, exclude=exclude, metrics=body.metrics, ranks=body.ranks)
         reference = REFERENCE
@@ -348,7 +355,7 @@ def shepard_of_collection(name: str, body: ShepardIn, request: Request) -> Respo
     """CED on x, the metric on y, for one query at one t, with the isotonic regression line and
     rho (over all compared points) in the title; at most `max_points` points drawn."""
     (t,) = check_temperatures(body.temperature, "temperature")
-    ids, X, _ = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE)
+    ids, X, _ = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
     xq, exclude, _ = _query(request, name, body.id, body.vector, ids)
     data = shepard_data(X, t, body.metric, query=xq, exclude=exclude, max_points=body.max_points,
                         seed=body.seed, ranks=body.ranks)

@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from core.errors import InvalidInput, NotFound
+from service import filters
 from service.backend import Point, WriteResult
 from service.ingest import NpyStream, batch, check_batch_size, parse_ids, parse_payloads
 from service.observability import count_ingested
@@ -202,19 +203,28 @@ def get_points(name: str, body: IdsIn, request: Request) -> JSONResponse:
                          "missing": [i for i, p in zip(body.ids, found) if p is None]})
 
 
-@router.post("/delete", response_model=WriteOut, summary="Delete points by id",
+@router.post("/delete", response_model=WriteOut, summary="Delete points by id or by filter",
              responses={202: {"model": WriteOut, "description": "committed, not yet applied (wait=false)"}})
 def delete_points(name: str, body: DeleteIn, request: Request, response: Response, wait: Wait = True) -> WriteOut:
-    """Unknown ids are ignored; `count` says how many points were deleted."""
-    check_batch_size(len(body.ids), "ids", request.app.state.settings.max_batch)
-    return write_out(backend_of(request).delete_points(name, body.ids, wait=wait), response)
+    """`ids` (unknown ones are ignored) or `filter` (every point it matches, in one transaction);
+    `count` says how many points were deleted."""
+    ids = body.ids
+    if (ids is None) == (body.filter is None):
+        raise InvalidInput("ids", "give ids or filter (one of them)")
+    if ids is None:
+        flt = filters.parse(body.filter, "filter")
+        return write_out(backend_of(request).delete_by_filter(name, flt, wait=wait), response)
+    check_batch_size(len(ids), "ids", request.app.state.settings.max_batch)
+    return write_out(backend_of(request).delete_points(name, ids, wait=wait), response)
 
 
 @router.post("/scroll", response_model=ScrollOut, summary="Page through all points")
 def scroll(name: str, body: ScrollIn, request: Request) -> JSONResponse:
-    """Points in insertion order; pass `next_offset` back as `offset` for the next page."""
+    """Points in insertion order, only those `filter` matches when given; pass `next_offset` back as
+    `offset` for the next page."""
+    flt = None if body.filter is None else filters.parse(body.filter, "filter")
     points, nxt = backend_of(request).scroll(name, body.offset, body.limit, with_vector=body.with_vector,
-                                             with_payload=body.with_payload)
+                                             with_payload=body.with_payload, filter=flt)
     return JSONResponse({"points": [point_json(p, body.with_vector, body.with_payload) for p in points],
                          "next_offset": nxt})
 

@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 
 from core.errors import InvalidInput
 from core.metrics import METRICS
+from indexes.knn import FILTER_SCAN_ROWS
+from service import filters
 from service.backend import Backend, Query, SearchResult
 from service.ingest import check_batch_size, decode_vector_b64
 from service.observability import observe_search
@@ -47,8 +49,10 @@ def _query(body: SearchIn, dim: int, prefix: str) -> Query:
         vector = decode_vector_b64(body.vector_b64, dim, f"{prefix}vector_b64")
     if isinstance(vector, list) and len(vector) != dim:
         raise InvalidInput(f"{prefix}vector", f"expected dimension {dim}, got {len(vector)}")
+    flt = None if body.filter is None else filters.parse(body.filter, f"{prefix}filter")
     return Query(k=body.k, metric=body.metric, vector=vector, id=body.id, temperature=body.temperature,
-                 kind=body.kind, exact=body.exact, with_payload=body.with_payload, with_vector=body.with_vector)
+                 kind=body.kind, exact=body.exact, with_payload=body.with_payload, with_vector=body.with_vector,
+                 filter=flt)
 
 
 def _result_json(r: SearchResult, q: Query) -> dict[str, Any]:
@@ -60,9 +64,12 @@ def _result_json(r: SearchResult, q: Query) -> dict[str, Any]:
     if r.vectors is not None:
         for hit, v in zip(hits, r.vectors):
             hit["vector"] = v.tolist() if v is not None else None
-    return {"metric": r.metric, "temperature": r.temperature, "formula": m.formula, "units": m.units,
-            "index": r.index, "kind": r.kind, "how": r.how, "k": r.k, "took_ms": round(r.seconds * 1e3, 4),
-            "hits": hits}
+    out = {"metric": r.metric, "temperature": r.temperature, "formula": m.formula, "units": m.units,
+           "index": r.index, "kind": r.kind, "how": r.how, "k": r.k, "took_ms": round(r.seconds * 1e3, 4),
+           "hits": hits}
+    if q.filter is not None:
+        out["filtered"] = {"matched": r.matched, "scan_threshold": FILTER_SCAN_ROWS}
+    return out
 
 
 def _observe(app: Any, results: list[SearchResult]) -> None:

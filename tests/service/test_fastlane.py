@@ -29,7 +29,8 @@ DIM = 6
 
 def _seed(client: TestClient) -> None:
     rng = np.random.default_rng(5)
-    r = client.put(f"{C}/fl", json={"dim": DIM, "metrics": ["euc", "cos", "tri", "ced"], "temperatures": [1.0, 10.0]})
+    r = client.put(f"{C}/fl", json={"dim": DIM, "metrics": ["euc", "cos", "tri", "ced"], "temperatures": [1.0, 10.0],
+                                    "payload_index": ["label"]})
     assert r.status_code in (200, 201), r.text
     X = rng.normal(size=(40, DIM)) * 3
     ids: list[Any] = [f"img-{i}.jpg" for i in range(20)] + list(range(100, 120))
@@ -89,6 +90,16 @@ SEARCHES: list[tuple[str, Any]] = [
     ("string in vector", {"vector": ["a"] * DIM}),
     ("extra field", {"vector": Q, "colour": "red"}),
     ("bad b64", {"vector_b64": "***"}),
+    # filtered searches (issue 15): the same answers whichever path serves them
+    ("filtered euc", {"vector": Q, "k": 5, "metric": "euc", "filter": {"must": [{"key": "label", "match": {"value": 1}}]}}),
+    ("filtered tri must_not", {"vector": Q, "k": 30, "metric": "tri", "temperature": 10,
+                               "filter": {"must_not": [{"key": "label", "match": {"any": [0, 2]}}]}}),
+    ("filtered by id", {"id": "img-3.jpg", "k": 5, "metric": "ced", "temperature": 1,
+                        "filter": {"should": [{"has_id": ["img-4.jpg", 101]}, {"key": "label", "range": {"gte": 2}}]}}),
+    ("filter matching nothing", {"vector": Q, "filter": {"must": [{"is_empty": {"key": "label"}}]}}),
+    ("filter on an unindexed key", {"vector": Q, "filter": {"must": [{"key": "colour", "match": {"value": "red"}}]}}),
+    ("filter with a bad range", {"vector": Q, "filter": {"must": [{"key": "label", "range": {"gt": "1"}}]}}),
+    ("filter not an object", {"vector": Q, "filter": 3}),
 ]
 
 
@@ -108,6 +119,8 @@ BATCHES: list[tuple[str, Any]] = [
     ("over max_batch", {"searches": [SEARCHES[0][1]] * 6}),
     ("empty", {"searches": []}),
     ("not a list", {"searches": 3}),
+    ("filtered", {"searches": [s for label, s in SEARCHES if label.startswith("filtered")]}),
+    ("a bad filter among good", {"searches": [SEARCHES[0][1], dict(SEARCHES[0][1], filter={"must": [{"has_id": [-1]}]})]}),
 ]
 
 
