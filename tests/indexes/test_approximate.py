@@ -117,7 +117,8 @@ def test_hnsw_whose_walk_stops_short_answers_from_the_scan(rng, monkeypatch):
     iset.upsert(np.arange(1000), X, seq=1)
     ix = iset._indexes["euc-hnsw"]
     real = ix.candidates
-    monkeypatch.setattr(ix, "candidates", lambda V, kp, table: tuple(a[:, : kp // 2] for a in real(V, kp, table)))
+    monkeypatch.setattr(ix, "candidates",
+                        lambda V, kp, table, rows=None: tuple(a[:, : kp // 2] for a in real(V, kp, table, rows)))
     (h,) = iset.search("euc", X[:1], 100, kind="hnsw")
     assert h.how == "scanned" and len(h.ids) == 100
     assert_knn(h, "euc", X[0].astype(np.float64), np.arange(1000), X, 100)
