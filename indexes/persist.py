@@ -1,6 +1,7 @@
 """Atomic save and load of an IndexSet directory, with a manifest that proves what is inside.
 
-Layout: `manifest.json` (format, version, dim, count, last_seq, specs, per-index state, and the
+Layout: `manifest.json` (format, version, dim, count, last_seq, specs, per-index state (the CED
+lift's radius, the certificate's statistics), and the
 size and sha256 of every other file), `ids.npy` and `rows.npy` (the table), and per hnsw/ivf index
 `<key>.faiss` (faiss.serialize_index) plus, for hnsw, `<key>.labels.npy` and `<key>.alive.npy`.
 Flat indexes are a pure function of the table and are recomputed on load (cheaper than reading
@@ -28,6 +29,7 @@ import faiss
 import numpy as np
 
 from core.errors import InvalidInput, StorageError
+from indexes.embed import Stats
 
 if TYPE_CHECKING:
     from indexes.knn import IndexSet
@@ -102,7 +104,8 @@ def save(iset: IndexSet, directory: Path) -> None:
                     n = ix.index.ntotal
                     w.array(f"{key}.labels.npy", ix.label_ids[:n])
                     w.array(f"{key}.alive.npy", ix.alive[:n])
-                state[key] = {"radius": getattr(ix, "radius", 0.0)}
+                st = ix.stats
+                state[key] = {"radius": getattr(ix, "radius", 0.0), "stats": [st.norm, st.pmin, st.pmax]}
             manifest = {"format": FORMAT, "version": VERSION, "dim": iset.dim, "count": table.n,
                         "last_seq": iset.last_seq, "specs": [ix.spec.to_dict() for ix in iset._indexes.values()],
                         "indexes": state, "files": w.files}
@@ -183,8 +186,37 @@ def _array(path: Path, m: dict[str, Any], name: str, dtype: Any, shape: tuple[in
     return a
 
 
-def load(cls: type[IndexSet], directory: Path) -> IndexSet:
-    """Read a snapshot written by `save`; StorageError if it is missing, damaged or foreign."""
+def _stats(m: dict[str, Any], key: str) -> Stats | None:
+    """The certificate statistics the set had when saved (they only widen with writes, so the loaded
+    set certifies exactly what the saved one did); None for snapshots written before they were kept."""
+    entry = m["indexes"].get(key) if isinstance(m.get("indexes"), dict) else None
+    raw = entry.get("stats") if isinstance(entry, dict) else None
+    if raw is None:
+        return None
+    try:
+        norm, pmin, pmax = (float(v) for v in raw)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"manifest is damaged (stats of {key})") from exc
+    return Stats(norm, pmin, pmax)
+
+
+def _shift_ivf_ids(index: Any, offset: int) -> None:
+    """Add `offset` to every id stored in an IVF index's inverted lists, in place (order kept)."""
+    inv = faiss.extract_index_ivf(index).invlists
+    for lst in range(inv.nlist):
+        n = inv.list_size(lst)
+        if n:
+            ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy() + offset
+            codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size).copy()
+            inv.update_entries(lst, 0, n, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+
+
+def load(cls: type[IndexSet], directory: Path, *, id_offset: int = 0) -> IndexSet:
+    """Read a snapshot written by `save`; StorageError if it is missing, damaged or foreign.
+
+    `id_offset` is added to every id (the table's, HNSW's labels, IVF's lists): a collection
+    restored into another database gets fresh internal ids in the same order (service/snapshots.py).
+    """
     from indexes.knn import _KIND_CLASS, HnswIndex, IndexSpec, IvfIndex
 
     directory = directory.absolute()
@@ -203,12 +235,16 @@ def load(cls: type[IndexSet], directory: Path) -> IndexSet:
     rows = _array(path, m, "rows.npy", np.float32, (count, dim))
     if count and (ids.min() < 0 or np.unique(ids).size != count):
         raise StorageError(f"{path}: ids.npy holds negative or repeated ids")
+    ids = ids + id_offset
     iset = cls(dim)
     iset.last_seq = last_seq
     iset._table.upsert(ids, rows, {})
     for spec in specs:
+        stats = _stats(m, spec.key)
         if spec.kind == "flat":
             iset.add_index(spec)
+            if stats is not None:
+                iset._indexes[spec.key].stats = stats
             continue
         ix = _KIND_CLASS[spec.kind](spec, dim)
         if not isinstance(ix, (HnswIndex, IvfIndex)):
@@ -228,7 +264,7 @@ def load(cls: type[IndexSet], directory: Path) -> IndexSet:
             n = index.ntotal
             ix.index = index
             ix.index.hnsw.efSearch = spec.params["ef_search"]
-            ix.label_ids = _array(path, m, f"{spec.key}.labels.npy", np.int64, (n,))
+            ix.label_ids = _array(path, m, f"{spec.key}.labels.npy", np.int64, (n,)) + id_offset
             ix.alive = _array(path, m, f"{spec.key}.alive.npy", np.bool_, (n,))
             live = np.flatnonzero(ix.alive)
             ix.label_of = dict(zip(ix.label_ids[live].tolist(), live.tolist()))
@@ -240,5 +276,9 @@ def load(cls: type[IndexSet], directory: Path) -> IndexSet:
             ix.index.nprobe = spec.params["nprobe"]
             if ix.index.is_trained and ix.index.ntotal != count:
                 raise StorageError(f"{path}: {spec.key} holds {ix.index.ntotal} vectors, the table {count}")
+            if id_offset:
+                _shift_ivf_ids(ix.index, id_offset)
+        if stats is not None:
+            ix.stats = stats
         iset._indexes[spec.key] = ix
     return iset
