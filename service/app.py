@@ -17,11 +17,12 @@ from service.fastlane import SearchFastLane
 from service.limits import install_limits, problem_response
 from service.observability import install_observability
 from service.problems import document_problems, install_problem_handlers
-from service.routes import collections, evaluate, health, points, search
+from service.routes import collections, evaluate, health, points, search, snapshots
 from service.settings import Settings, load_settings
+from service.snapshots import Snapshots
 
 #: bodies of these types are streamed by their route; every other body is read whole
-STREAMED_TYPES = ("application/octet-stream", "application/x-npy", "multipart/form-data")
+STREAMED_TYPES = ("application/octet-stream", "application/x-npy", "multipart/form-data", "application/x-tar")
 
 
 class _WholeBodyLimit:
@@ -87,8 +88,9 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
                               "with evidence for which metric keeps the network's cross-entropy order.")
     app.state.settings = settings
     app.state.backend = backend
+    app.state.snapshots = Snapshots(backend)
     install_problem_handlers(app)
-    for module in (health, collections, points, search, evaluate):
+    for module in (health, collections, points, search, evaluate, snapshots):
         # Flat on the app, not app.include_router: this FastAPI nests included routers in one
         # _IncludedRouter, and auth and observability look each route up by its own path template.
         app.router.routes.extend(module.router.routes)
