@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +22,8 @@ from service.routes import collections, evaluate, health, points, search, snapsh
 from service.settings import Settings, load_settings
 from service.snapshots import Snapshots
 
+#: where the documentation pages' scripts and styles are served (open, like /docs)
+DOCS_ASSETS = "/docs-assets"
 #: bodies of these types are streamed by their route; every other body is read whole
 STREAMED_TYPES = ("application/octet-stream", "application/x-npy", "multipart/form-data", "application/x-tar")
 
@@ -82,7 +85,9 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
 
     # FastAPI's native OpenTelemetry is off: service.observability exports Prometheus metrics and JSON
     # logs, and the per-request check whether OTel is configured cost ~3% of a search's server time.
-    app = FastAPI(title="logitsearch", version="0.1.0", lifespan=lifespan,
+    # /docs and /redoc with Swagger UI's and ReDoc's files from the fastapi-offline package (mounted
+    # at DOCS_ASSETS), not a CDN: the docs work on an offline machine (issue 15).
+    app = FastAPIOffline(title="logitsearch", version="0.1.0", lifespan=lifespan, static_url=DOCS_ASSETS,
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
                   description="Similarity search over logit embeddings: k-NN by TRI, CED, EUC and COS, "
                               "with evidence for which metric keeps the network's cross-entropy order.")

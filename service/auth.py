@@ -46,6 +46,7 @@ ROLES: dict[tuple[str, str], Role] = {
     ("GET", "/docs"): "open",
     ("GET", "/docs/oauth2-redirect"): "open",
     ("GET", "/redoc"): "open",
+    ("GET", "/docs-assets"): "open",  # the docs' scripts and styles (a mount: every path below it)
     ("GET", "/v1/collections"): "read",
     ("GET", _C): "read",
     ("GET", f"{_C}/indexes"): "read",
