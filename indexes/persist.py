@@ -203,6 +203,8 @@ def _stats(m: dict[str, Any], key: str) -> Stats | None:
 def _shift_ivf_ids(index: Any, offset: int) -> None:
     """Add `offset` to every id stored in an IVF index's inverted lists, in place (order kept)."""
     inv = faiss.extract_index_ivf(index).invlists
+    if inv is None:
+        raise StorageError("an IVF index without inverted lists")
     for lst in range(inv.nlist):
         n = inv.list_size(lst)
         if n:

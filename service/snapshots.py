@@ -209,7 +209,7 @@ class Snapshots:
     def _pack(self, work: Path, held: HeldCollection, count: int, iids: tuple[int | None, int | None],
               indexes: bool) -> SnapshotInfo:
         members = [POINTS] + ([f"{INDEXES}/{p.name}" for p in sorted((work / INDEXES).iterdir())] if indexes else [])
-        files = {}
+        files: dict[str, dict[str, Any]] = {}
         for name in members:
             if not _MEMBER.fullmatch(name):
                 raise StorageError(f"cannot archive {name!r}: not a member name the format allows")
@@ -226,7 +226,7 @@ class Snapshots:
         for _ in range(8):  # the size is written inside the manifest: iterate to the fixed point
             manifest["manifest_sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
             text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            size = _archive_bytes([len(text)] + [f["bytes"] for f in files.values()])
+            size = _archive_bytes([len(text)] + [int(f["bytes"]) for f in files.values()])
             if size == manifest["archive_bytes"]:
                 break
             manifest["archive_bytes"] = size

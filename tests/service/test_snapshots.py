@@ -108,16 +108,16 @@ def test_the_archive_is_a_tar_with_a_checksummed_manifest_first(tmp_path, rng):
         info, data = _snapshot(client, "v")
         listed = client.get(f"{C}/v/snapshots").json()["snapshots"]
         assert [s["name"] for s in listed] == [info["name"]] and listed[0]["bytes"] == len(data)
-    tar = tarfile.open(fileobj=io.BytesIO(data))
-    names = tar.getnames()
+    infos, raw = _members(data)
+    names = [i.name for i in infos]
     assert names[0] == MANIFEST and POINTS in names and "indexes/manifest.json" in names
-    m = json.loads(tar.extractfile(MANIFEST).read())
+    m = json.loads(raw[MANIFEST])
     assert m["format"] == FORMAT and m["version"] == VERSION and m["archive_bytes"] == len(data)
     assert m["manifest_sha256"] == hashlib.sha256(_canonical(m)).hexdigest()
     assert m["last_seq"] == info["last_operation_id"] == 2 and m["count"] == info["count"]
     assert m["config"]["dim"] == 12 and [d["status"] for d in m["indexes"]] == ["ready"] * 6
     for name in names[1:]:
-        assert hashlib.sha256(tar.extractfile(name).read()).hexdigest() == m["files"][name]["sha256"], name
+        assert hashlib.sha256(raw[name]).hexdigest() == m["files"][name]["sha256"], name
     assert set(m["files"]) == set(names[1:])
 
 
@@ -148,7 +148,7 @@ def archive(tmp_path_factory):
     with make_client(tmp_path_factory.mktemp("good")) as client:
         _fill(client, "v", rng, n=300, kind="hnsw", params={"M": 8, "ef_construction": 40}, metrics=("euc",))
         _, data = _snapshot(client, "v")
-    members = [(m.name, m.offset, m.offset_data, m.size) for m in tarfile.open(fileobj=io.BytesIO(data))]
+    members = [(m.name, m.offset, m.offset_data, m.size) for m in _members(data)[0]]
     return data, members
 
 
@@ -176,8 +176,7 @@ def _refused(client, data, reason, name="fresh"):
 def _retar(data, edit):
     """The archive with its manifest (and members) edited by `edit(manifest, files)`, then resealed:
     checksums and the archive size recomputed, so only the edit differs."""
-    tar = tarfile.open(fileobj=io.BytesIO(data))
-    files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    files = _members(data)[1]
     m = json.loads(files.pop(MANIFEST))
     edit(m, files)
     for name, raw in files.items():
@@ -193,6 +192,13 @@ def _retar(data, edit):
             break
         m["archive_bytes"] = len(out.getvalue())
     return out.getvalue()
+
+
+def _members(data):
+    """(TarInfo of each member in order, name -> contents) of an archive."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        infos = tar.getmembers()
+        return infos, {i.name: tar.extractfile(i).read() for i in infos}
 
 
 def _info(name, size):
@@ -240,11 +246,11 @@ def test_a_flipped_byte_anywhere_is_refused(target, archive):
 
 
 def test_a_tar_without_manifest_is_refused(target, archive):
-    tar = tarfile.open(fileobj=io.BytesIO(archive[0]))
+    infos, raw = _members(archive[0])
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as t:
-        for m in tar.getmembers()[1:]:
-            t.addfile(m, tar.extractfile(m))
+        for m in infos[1:]:
+            t.addfile(m, io.BytesIO(raw[m.name]))
     _refused(target, out.getvalue(), "the first member is 'points.sqlite3', not manifest.json")
 
 
