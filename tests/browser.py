@@ -67,9 +67,12 @@ class Browser:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session; skips where no browser or no playwright exists."""
+    """One headless Chromium per test module; skips where no browser or no playwright exists.
+
+    Per module, not per session: while playwright's sync API is open, the main thread has a running
+    event loop, so a later test calling asyncio.run() (the AsyncClient tests) would fail."""
     exe = chromium_path()
     if exe is None:
         pytest.skip("no chromium on this machine (apt-get install chromium)")
