@@ -63,13 +63,15 @@ def _load(base: str, rng: np.random.Generator) -> np.ndarray:
     return X
 
 
-def _answers(base: str, X: np.ndarray) -> dict[str, object]:
-    """What both collections answer: searches per index, by vector and by id, exact on HNSW,
-    batches, evaluations, roughness, reads, and the description."""
+def _answers(base: str, X: np.ndarray, names: tuple[str, ...] = ("flat", "graph")) -> dict[str, object]:
+    """What the collections answer: searches per index, by vector and by id, exact on HNSW,
+    batches, reads, the description, and (with flat) evaluations and roughness."""
     out: dict[str, object] = {}
     queries = [X[5] + 0.3, X[777], X[9999] * 2]
+    by_ids = {"flat": [7, "row-3", "row-500"], "graph": [10, 2999]}
     with httpx.Client(base_url=base, timeout=120) as http:
-        for name, by_id in (("flat", [7, "row-3", "row-500"]), ("graph", [10, 2999])):
+        for name in names:
+            by_id = by_ids[name]
             for ix in http.get(f"{C}/{name}/indexes").json()["indexes"]:
                 spec = {"metric": ix["metric"], "kind": ix["kind"], **({"temperature": ix["temperature"]}
                                                                        if ix["temperature"] else {})}
@@ -93,6 +95,8 @@ def _answers(base: str, X: np.ndarray) -> dict[str, object]:
                     break
             out[f"{name} scroll"] = pages
             out[f"{name} get"] = http.post(f"{C}/{name}/points/get", json={"ids": by_id + ["nope", 45]}).json()
+        if "flat" not in names:
+            return strip(out)
         for t in (1, 10):
             out[f"evaluate id t={t}"] = http.post(f"{C}/flat/evaluate", json={"id": 7, "temperature": t}).json()
         out["evaluate queries"] = http.post(f"{C}/flat/evaluate", json={"queries": {"sample": 4, "seed": 3},
@@ -134,10 +138,10 @@ def test_a_collection_restored_on_another_server_answers_exactly_as_the_original
         assert got["graph euc-hnsw q0 exact=False"]["how"] == "approximate"
     finally:
         stop_server(proc_b)
-    base_b, proc_b = start_server(tmp_path / "b")  # restarted: the indexes come from its own snapshot
+    base_b, proc_b = start_server(tmp_path / "b")  # restarted: the graph comes from its own snapshot
     try:
-        again = _answers(base_b, X)
-        assert [k for k in want if again[k] != want[k]] == []
+        again = _answers(base_b, X, ("graph",))
+        assert again and [k for k in again if again[k] != want[k]] == []
     finally:
         stop_server(proc_b)
 

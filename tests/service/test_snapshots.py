@@ -13,6 +13,7 @@ import io
 import json
 import sqlite3
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -339,3 +340,29 @@ def test_openapi_documents_the_snapshot_routes(tmp_path):
     assert set(upload["requestBody"]["content"]) == {"application/x-tar", "application/octet-stream"}
     assert {"201", "409", "413", "415", "422"} <= set(upload["responses"])
     assert "application/x-tar" in paths[f"{base}/{{snapshot}}"]["get"]["responses"]["200"]["content"]
+
+
+def test_a_snapshot_while_an_index_builds_leaves_the_indexes_out_and_the_restore_builds_them(
+        tmp_path, rng, monkeypatch):
+    from service.backend import Backend
+
+    with make_client(tmp_path / "a") as client:
+        X, ids = _fill(client, "v", rng, n=300)
+        with monkeypatch.context() as m:
+            m.setattr(Backend, "_start_build", lambda self, coll, state: None)  # the build never ends
+            assert client.post(f"{C}/v/indexes", json={"metric": "tri", "temperature": 100}).status_code == 202
+            info, data = _snapshot(client, "v")
+        assert not info["indexes_included"] and "tri-t100-flat was still building" in info["rebuild_reason"]
+        want = _answers(client, "v", X, ids, ["flat"])
+    with make_client(tmp_path / "b") as client:
+        r = client.put(f"{C}/v/snapshots/upload", content=data, headers=TAR)
+        assert r.status_code == 201, r.text
+        assert _answers(client, "v", X, ids, ["flat"]) == want
+        for _ in range(200):
+            states = {i["id"]: i["status"] for i in client.get(f"{C}/v/indexes").json()["indexes"]}
+            if states["tri-t100-flat"] == "ready":
+                break
+            time.sleep(0.05)
+        assert set(states.values()) == {"ready"}
+        hits = client.post(f"{C}/v/search", json={"id": ids[1], "k": 3, "metric": "tri", "temperature": 100})
+        assert hits.status_code == 200 and len(hits.json()["hits"]) == 3
