@@ -172,6 +172,15 @@ def _npy_header(shape: tuple[int, int], dtype: np.dtype[Any]) -> bytes:
     return buf.getvalue()
 
 
+def _file_pieces(path: Path, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """The bytes of a file in pieces, read as they are sent; `progress(bytes)` after each."""
+    with open(path, "rb") as f:
+        while piece := f.read(UPLOAD_PIECE_BYTES):
+            if progress:
+                progress(len(piece))
+            yield piece
+
+
 def _npy_pieces(source: str | Path | npt.NDArray[Any], progress: Callable[[int], None] | None
                 ) -> tuple[int, Iterator[bytes]]:
     """(rows, the .npy bytes in pieces) of a file (streamed as is) or an array (header + row blocks)."""
@@ -179,13 +188,7 @@ def _npy_pieces(source: str | Path | npt.NDArray[Any], progress: Callable[[int],
         path = Path(source)
         rows = int(np.load(path, mmap_mode="r").shape[0])
 
-        def from_file() -> Iterator[bytes]:
-            with open(path, "rb") as f:
-                while piece := f.read(UPLOAD_PIECE_BYTES):
-                    if progress:
-                        progress(len(piece))
-                    yield piece
-        return rows, from_file()
+        return rows, _file_pieces(path, progress)
     X = np.asarray(source)
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
@@ -459,14 +462,8 @@ class _Api:
         """Upload the archive at `path` (streamed) into the new or empty collection `name`; its description."""
         source = Path(path)
         source.stat()  # a missing file fails here, before a request is made
-
-        def pieces() -> Iterator[bytes]:
-            with open(source, "rb") as f:
-                while piece := f.read(UPLOAD_PIECE_BYTES):
-                    if progress:
-                        progress(len(piece))
-                    yield piece
-        return self._send(_Call("PUT", f"/v1/collections/{name}/snapshots/upload", _json, content=pieces(),
+        return self._send(_Call("PUT", f"/v1/collections/{name}/snapshots/upload", _json,
+                                content=_file_pieces(source, progress),
                                 headers={"content-type": "application/x-tar"}))
 
 

@@ -109,14 +109,6 @@ def _archive_bytes(sizes: list[int]) -> int:
     return -(-total // RECORD) * RECORD
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Snapshots:
     """The snapshots of one data directory (`<data dir>/snapshots`)."""
 
@@ -245,9 +237,9 @@ class Snapshots:
         if tmp.stat().st_size != manifest["archive_bytes"]:
             raise StorageError(f"snapshot archive came out at {tmp.stat().st_size} bytes, "
                                f"{manifest['archive_bytes']} planned")
-        _fsync(tmp)
+        persist._fsync_dir(tmp)  # (a file: the same open-fsync-close)
         os.replace(tmp, directory / name)
-        _fsync(directory)
+        persist._fsync_dir(directory)
         log.info("snapshot written", extra={"fields": {"collection": held.name, "snapshot": name,
                                                        "points": count, "last_seq": held.last_seq}})
         return _snapshot_info(directory / name, manifest)
