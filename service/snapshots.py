@@ -195,6 +195,8 @@ class Snapshots:
             if count != held.count:
                 raise StorageError(f"collection {collection!r}: {count} rows copied, {held.count} expected")
             return self._pack(work, held, count, (lo, hi), held.iset is not None)
+        except OSError as exc:  # a full or read-only disk: nothing is kept
+            raise StorageError(f"cannot write the snapshot under {self.root}: {exc.strerror or exc}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -253,9 +255,13 @@ class Snapshots:
         work = self._work()
         try:
             upload = work / "upload.tar"
-            with open(upload, "wb") as f:
-                while chunk := read():
-                    f.write(chunk)
+            try:
+                with open(upload, "wb") as f:
+                    while chunk := read():
+                        f.write(chunk)
+            except OSError as exc:
+                raise StorageError(f"cannot keep the upload under {self.root} while it is checked: "
+                                   f"{exc.strerror or exc}; nothing was written") from exc
             checked = _verify(upload, work / "x")
             upload.unlink()
             offset_box: list[int] = []

@@ -366,3 +366,18 @@ def test_a_snapshot_while_an_index_builds_leaves_the_indexes_out_and_the_restore
         assert set(states.values()) == {"ready"}
         hits = client.post(f"{C}/v/search", json={"id": ids[1], "k": 3, "metric": "tri", "temperature": 100})
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 3
+
+
+def test_an_upload_over_the_body_limit_is_refused_and_nothing_is_written(client_with, archive):
+    client = client_with(max_body_bytes=len(archive[0]) - 1)
+    body = problem(client.put(f"{C}/fresh/snapshots/upload", content=archive[0], headers=TAR), 413, "body")
+    assert "LOGITSEARCH_MAX_BODY_BYTES" in body["detail"]
+
+    def chunked():  # no Content-Length: cut while streaming
+        yield archive[0][: len(archive[0]) // 2]
+        yield archive[0][len(archive[0]) // 2:]
+
+    problem(client.put(f"{C}/fresh/snapshots/upload", content=chunked(), headers=TAR), 413, "body")
+    problem(client.get(f"{C}/fresh"), 404)
+    work = client.app.state.snapshots.root / ".work"
+    assert not work.exists() or list(work.iterdir()) == []
