@@ -819,32 +819,33 @@ class Backend:
         internal ids; then `place(directory, offset)` writes the index snapshot (None, or a failure:
         the indexes are rebuilt from SQLite) and the collection loads as at a start."""
         _check_name(name)
-        with self._registry:
-            old = self._collections.get(name)
-            if old is not None and not old.loaded.wait(LOAD_WAIT):
-                raise StorageError(f"collection {name!r} is still loading; retry shortly")
-            with old.lock if old is not None else nullcontext():
-                if old is not None:
-                    if old.iid_of:
-                        raise Conflict(f"collection {name!r} holds {len(old.iid_of)} points: restore into a new "
-                                       "or empty collection (delete it first, or give another name)")
-                    if old.config != config:
-                        raise Conflict(f"collection {name!r} exists (empty) with a different configuration: "
-                                       + "; ".join(old.config.differences(config)))
-                states = {}
-                for d in indexes:
-                    spec = IndexSpec.from_dict(d["spec"])
-                    states[spec.key] = IndexState(spec, d["status"], 1.0 if d["status"] == "ready" else 0.0,
-                                                  d.get("error"))
-                with self.store.transaction() as tx:
-                    if old is not None:
-                        tx.drop_collection(old.cid)
-                    cid = tx.create_collection(name, config.to_dict(), indexes)
-                    offset = fill(tx, cid)
-                    tx.set_last_seq(cid, last_seq)
-                if old is not None:
-                    old.dropped = True
+        old = self._collections.get(name)
+        if old is not None and not old.loaded.wait(LOAD_WAIT):
+            raise StorageError(f"collection {name!r} is still loading; retry shortly")
+        # the collection's lock before the registry's, as delete_collection takes them
+        with old.lock if old is not None else nullcontext(), self._registry:
+            if self._collections.get(name) is not old:
+                raise Conflict(f"collection {name!r} was created or deleted meanwhile; retry")
             if old is not None:
+                if old.iid_of:
+                    raise Conflict(f"collection {name!r} holds {len(old.iid_of)} points: restore into a new "
+                                   "or empty collection (delete it first, or give another name)")
+                if old.config != config:
+                    raise Conflict(f"collection {name!r} exists (empty) with a different configuration: "
+                                   + "; ".join(old.config.differences(config)))
+            states = {}
+            for d in indexes:
+                spec = IndexSpec.from_dict(d["spec"])
+                states[spec.key] = IndexState(spec, d["status"], 1.0 if d["status"] == "ready" else 0.0,
+                                              d.get("error"))
+            with self.store.transaction() as tx:
+                if old is not None:
+                    tx.drop_collection(old.cid)
+                cid = tx.create_collection(name, config.to_dict(), indexes)
+                offset = fill(tx, cid)
+                tx.set_last_seq(cid, last_seq)
+            if old is not None:
+                old.dropped = True
                 if old._applier is not None:
                     old._applier.shutdown(wait=False)
                 shutil.rmtree(self._snapshot_dir(old.cid), ignore_errors=True)
