@@ -278,9 +278,12 @@ class Snapshots:
                 return offset
 
             place = None
-            if checked.indexes is not None:
+            if checked.indexes is not None and checked.iset is not None:
+                loaded, where = checked.iset, checked.indexes
+
                 def place(directory: Path, offset: int) -> None:
-                    persist.load(IndexSet, checked.indexes, id_offset=offset).save(directory)  # type: ignore[arg-type]
+                    iset = loaded if offset == 0 else persist.load(IndexSet, where, id_offset=offset)
+                    iset.save(directory)
 
             info = self.backend.restore_collection(collection, checked.config, checked.manifest["indexes"],
                                                    checked.manifest["last_seq"], fill, place)
@@ -327,6 +330,7 @@ class _Checked:
     config: CollectionConfig
     points: Path
     indexes: Path | None
+    iset: IndexSet | None  # loaded from `indexes` (ids as archived)
     iids: tuple[int | None, int | None]
 
 
@@ -475,11 +479,11 @@ def _check_contents(m: dict[str, Any], out: Path) -> _Checked:
     n, lo, hi, vectors = _check_points(points, config.dim, last_seq)
     if n != count:
         raise _refused(f"{POINTS} holds {n} points, its manifest says {count}")
-    indexes = None
+    indexes = iset = None
     if (m.get("index_snapshot") or {}).get("included"):
         indexes = out / INDEXES
-        _check_indexes(indexes, m, config, vectors)
-    return _Checked(m, config, points, indexes, (lo, hi))
+        iset = _check_indexes(indexes, m, config, n, vectors)
+    return _Checked(m, config, points, indexes, iset, (lo, hi))
 
 
 def _open_points(path: Path) -> sqlite3.Connection:
@@ -509,14 +513,15 @@ def _read_points(path: Path, chunk: int = 8192) -> Iterator[list[tuple[int, Any,
         conn.close()
 
 
-def _check_points(path: Path, dim: int, last_seq: int) -> tuple[int, int | None, int | None, dict[int, bytes]]:
-    """Every row of points.sqlite3 checked as an upsert would be; (count, min iid, max iid, vectors)."""
+def _check_points(path: Path, dim: int, last_seq: int) -> tuple[int, int | None, int | None, bytes]:
+    """Every row of points.sqlite3 checked as an upsert would be; (count, min iid, max iid, the
+    vectors in iid order as float32 bytes)."""
     n, lo, hi = 0, None, None
     exts: set[Any] = set()
-    vectors: dict[int, bytes] = {}
+    blobs: list[bytes] = []
     for batch in _read_points(path):
-        for iid, ext, seq, vector, payload in batch:
-            where = f"{POINTS} row {n} (iid {iid})"
+        for j, (iid, ext, seq, vector, payload) in enumerate(batch):
+            where = f"{POINTS} row {n + j} (iid {iid})"
             if not isinstance(iid, int) or not 0 <= iid <= MAX_ID // 2:
                 raise _refused(f"{where}: internal id out of range")
             if isinstance(ext, int):
@@ -531,8 +536,6 @@ def _check_points(path: Path, dim: int, last_seq: int) -> tuple[int, int | None,
                 raise _refused(f"{where}: write sequence {seq!r} is not in [0, {last_seq}]")
             if not isinstance(vector, bytes) or len(vector) != 4 * dim:
                 raise _refused(f"{where}: the vector is not {dim} float32 values")
-            if not np.isfinite(np.frombuffer(vector, dtype="<f4")).all():
-                raise _refused(f"{where}: the vector holds NaN or infinity")
             if payload is not None:
                 try:
                     value = json.loads(payload) if isinstance(payload, str) else None
@@ -540,16 +543,22 @@ def _check_points(path: Path, dim: int, last_seq: int) -> tuple[int, int | None,
                     value = None
                 if not isinstance(value, dict):
                     raise _refused(f"{where}: the payload is not a JSON object")
-            vectors[iid] = vector
-            lo = iid if lo is None else lo
-            hi = iid
-            n += 1
-    return n, lo, hi, vectors
+        chunk = b"".join(r[3] for r in batch)
+        finite = np.isfinite(np.frombuffer(chunk, dtype="<f4").reshape(len(batch), dim)).all(axis=1)
+        if not finite.all():
+            j = int(np.argmin(finite))
+            raise _refused(f"{POINTS} row {n + j} (iid {batch[j][0]}): the vector holds NaN or infinity")
+        blobs.append(chunk)
+        lo = batch[0][0] if lo is None else lo
+        hi = batch[-1][0]
+        n += len(batch)
+    return n, lo, hi, b"".join(blobs)
 
 
-def _check_indexes(path: Path, m: dict[str, Any], config: CollectionConfig, vectors: dict[int, bytes]) -> None:
-    """The index snapshot loads (persist checks its own manifest, sizes and checksums) and holds
-    exactly the points' ids and vectors, at the manifest's sequence, with the ready indexes."""
+def _check_indexes(path: Path, m: dict[str, Any], config: CollectionConfig, n: int, vectors: bytes) -> IndexSet:
+    """The index snapshot, loaded (persist checks its own manifest, sizes and checksums), holding
+    exactly the points' vectors (`vectors`: n rows in iid order), at the manifest's sequence, with
+    the ready indexes."""
     try:
         iset = persist.load(IndexSet, path)
     except StorageError as exc:
@@ -559,11 +568,11 @@ def _check_indexes(path: Path, m: dict[str, Any], config: CollectionConfig, vect
     if iset.dim != config.dim or iset.last_seq != int(m["last_seq"]) or not ready <= have:
         raise _refused("the index snapshot does not match the manifest (dimension, sequence or indexes)")
     ids, rows = iset.matrix()
-    if ids.size != len(vectors):
-        raise _refused(f"the index snapshot holds {ids.size} points, {POINTS} {len(vectors)}")
+    if ids.size != n:
+        raise _refused(f"the index snapshot holds {ids.size} points, {POINTS} {n}")
     order = np.argsort(ids)
-    want = np.frombuffer(b"".join(vectors.get(int(i), b"") for i in ids[order].tolist()), dtype="<f4")
-    if want.size != rows.size or not np.array_equal(want.reshape(rows.shape), rows[order]):
+    if not np.array_equal(np.frombuffer(vectors, dtype="<f4").reshape(rows.shape), rows[order]):
         raise _refused(f"the index snapshot's vectors differ from {POINTS}")
+    return iset
 
 
