@@ -344,7 +344,7 @@ class Backend:
 
     # --- loading and rebuilding ------------------------------------------------------------------
 
-    def _load_all(self, stored: list[StoredCollection]) -> None:
+    def _load_all(self, stored: list[StoredCollection], preloaded: dict[int, IndexSet] | None = None) -> None:
         for sc in stored:
             coll = self._collections.get(sc.name)
             if coll is None or self._closed:
@@ -352,7 +352,7 @@ class Backend:
             started = time.perf_counter()
             try:
                 with coll.lock:
-                    self._load(coll)
+                    self._load(coll, (preloaded or {}).get(coll.cid))
                 log.info("collection loaded", extra={"fields": {
                     "collection": coll.name, "points": coll.iset.count if coll.iset else 0,
                     "seconds": round(time.perf_counter() - started, 3)}})
@@ -362,11 +362,11 @@ class Backend:
             finally:
                 coll.loaded.set()
 
-    def _load(self, coll: _Collection) -> None:
+    def _load(self, coll: _Collection, iset: IndexSet | None = None) -> None:
         for iid, ext in self.store.ext_ids(coll.cid):
             coll.iid_of[ext] = iid
             coll.ext_of[iid] = ext
-        iset = self._open_snapshot(coll)
+        iset = iset if iset is not None else self._open_snapshot(coll)
         if iset is not None:
             try:
                 self._replay(coll, iset)
@@ -813,11 +813,12 @@ class Backend:
 
     def restore_collection(self, name: str, config: CollectionConfig, indexes: list[dict[str, Any]],
                            last_seq: int, fill: Callable[[Transaction, int], int],
-                           place: Callable[[Path, int], None] | None) -> CollectionInfo:
+                           place: Callable[[Path, int], IndexSet] | None) -> CollectionInfo:
         """Create `name` (or replace it when it exists empty with the same config) from a snapshot in
         ONE transaction: `fill(tx, cid)` writes the points and returns the offset added to their
-        internal ids; then `place(directory, offset)` writes the index snapshot (None, or a failure:
-        the indexes are rebuilt from SQLite) and the collection loads as at a start."""
+        internal ids; then `place(directory, offset)` writes the index snapshot and returns its set
+        (None, or a failure: the indexes are rebuilt from SQLite), and the collection loads as at a
+        start."""
         _check_name(name)
         old = self._collections.get(name)
         if old is not None and not old.loaded.wait(LOAD_WAIT):
@@ -851,14 +852,15 @@ class Backend:
                 shutil.rmtree(self._snapshot_dir(old.cid), ignore_errors=True)
             coll = _Collection(cid, name, config, states, last_seq)
             self._collections[name] = coll  # requests wait for `loaded` (LOAD_WAIT), as at a start
+        preloaded: dict[int, IndexSet] = {}
         try:
             if place is not None:
-                place(self._snapshot_dir(cid), offset)
+                preloaded[cid] = place(self._snapshot_dir(cid), offset)
         except Exception as exc:  # the points are committed; the indexes are rebuilt from them
             log.warning("restored index snapshot unusable, rebuilding from SQLite", exc_info=exc,
                         extra={"fields": {"collection": name}})
             shutil.rmtree(self._snapshot_dir(cid), ignore_errors=True)
-        self._load_all([StoredCollection(cid, name, config.to_dict(), indexes, last_seq)])
+        self._load_all([StoredCollection(cid, name, config.to_dict(), indexes, last_seq)], preloaded)
         return self._info(coll)
 
     # --- reading ---------------------------------------------------------------------------------

@@ -281,9 +281,10 @@ class Snapshots:
             if checked.indexes is not None and checked.iset is not None:
                 loaded, where = checked.iset, checked.indexes
 
-                def place(directory: Path, offset: int) -> None:
+                def place(directory: Path, offset: int) -> IndexSet:
                     iset = loaded if offset == 0 else persist.load(IndexSet, where, id_offset=offset)
                     iset.save(directory)
+                    return iset
 
             info = self.backend.restore_collection(collection, checked.config, checked.manifest["indexes"],
                                                    checked.manifest["last_seq"], fill, place)
