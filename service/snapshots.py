@@ -115,18 +115,14 @@ class Snapshots:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.root = Path(backend.data_dir) / "snapshots"
-        self._swept = False
+        # scratch left by a crash; nothing can be using it before the app serves
+        shutil.rmtree(self.root / ".work", ignore_errors=True)
 
     # --- places ----------------------------------------------------------------------------------
 
     def _work(self) -> Path:
-        """A fresh scratch directory beside the snapshots (same filesystem: renames are atomic);
-        leftovers of a crash are removed the first time one is made."""
-        work = self.root / ".work"
-        if not self._swept:
-            shutil.rmtree(work, ignore_errors=True)
-            self._swept = True
-        path = work / uuid.uuid4().hex
+        """A fresh scratch directory beside the snapshots (same filesystem: renames are atomic)."""
+        path = self.root / ".work" / uuid.uuid4().hex
         try:
             path.mkdir(parents=True)
         except OSError as exc:
@@ -469,11 +465,17 @@ def _check_contents(m: dict[str, Any], out: Path) -> _Checked:
     except (KeyError, TypeError, AttributeError) as exc:
         raise _refused(f"the collection config in {MANIFEST} is incomplete ({exc})") from None
     last_seq, count = int(m["last_seq"]), int(m["count"])
+    keys: set[str] = set()
     for i, d in enumerate(m["indexes"]):
         try:
-            IndexSpec.from_dict(d["spec"])
+            key = IndexSpec.from_dict(d["spec"]).key
             if d["status"] not in ("ready", "building", "failed"):
                 raise ValueError(f"status {d['status']!r}")
+            if not isinstance(d.get("error"), str | None):
+                raise TypeError("error must be text or null")
+            if key in keys:
+                raise ValueError(f"{key} appears twice")
+            keys.add(key)
         except (InvalidInput, KeyError, TypeError, ValueError) as exc:
             raise _refused(f"{MANIFEST}: indexes.{i} is invalid ({exc})") from None
     points = out / POINTS

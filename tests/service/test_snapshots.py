@@ -281,6 +281,8 @@ def test_a_resealed_archive_with_bad_contents_is_refused(target, archive, tmp_pa
     _refused(target, _retar(archive[0], nan_vector), "the vector holds NaN or infinity")
     _refused(target, _retar(archive[0], lambda m, f: m.update(count=m["count"] + 1)), "its manifest says")
     _refused(target, _retar(archive[0], lambda m, f: m["config"].update(dim=0)), "config")
+    _refused(target, _retar(archive[0], lambda m, f: m["indexes"].append(m["indexes"][0])), "appears twice")
+    _refused(target, _retar(archive[0], lambda m, f: m["indexes"][0].update(error=[1])), "indexes.0 is invalid")
     rows = "indexes/rows.npy"
     _refused(target, _retar(archive[0], lambda m, f: f.update({rows: f[rows][:-4] + b"\0\0\0\0"})),
              "index snapshot")
