@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,10 +82,46 @@ def _siblings(directory: Path, tag: str) -> list[Path]:
     return sorted(directory.parent.glob(f".{directory.name}.{tag}-*"))
 
 
-def save(iset: IndexSet, directory: Path) -> None:
-    """Write `iset` to `directory` atomically (module docstring). Caller holds the set's locks."""
+@dataclass(frozen=True)
+class Captured:
+    """What `save` writes: the files as arrays (`.npy`) or raw bytes (`.faiss`), and the manifest's
+    other fields. From `capture(iset, copy=True)` it is a copy, written later without the set's locks."""
+
+    files: list[tuple[str, np.ndarray]]
+    fields: dict[str, Any]
+
+
+def capture(iset: IndexSet, *, copy: bool = False) -> Captured:
+    """The state `save` writes. Caller holds the set's locks; with `copy` the arrays are copies (and
+    FAISS indexes serialised), so the result stays valid after they are released."""
     from indexes.knn import HnswIndex, IvfIndex
 
+    def kept(a: np.ndarray) -> np.ndarray:
+        return a.copy() if copy else a
+
+    table = iset._table
+    files = [("ids.npy", kept(table.ids)), ("rows.npy", kept(table.rows))]
+    state: dict[str, Any] = {}
+    for key, ix in iset._indexes.items():
+        if isinstance(ix, (HnswIndex, IvfIndex)):
+            files.append((f"{key}.faiss", faiss.serialize_index(ix.index)))
+        if isinstance(ix, HnswIndex):
+            n = ix.index.ntotal
+            files += [(f"{key}.labels.npy", kept(ix.label_ids[:n])), (f"{key}.alive.npy", kept(ix.alive[:n]))]
+        st = ix.stats
+        state[key] = {"radius": getattr(ix, "radius", 0.0), "stats": [st.norm, st.pmin, st.pmax]}
+    fields = {"format": FORMAT, "version": VERSION, "dim": iset.dim, "count": table.n, "last_seq": iset.last_seq,
+              "specs": [ix.spec.to_dict() for ix in iset._indexes.values()], "indexes": state}
+    return Captured(files, fields)
+
+
+def save(iset: IndexSet, directory: Path) -> None:
+    """Write `iset` to `directory` atomically (module docstring). Caller holds the set's locks."""
+    write(capture(iset), directory)
+
+
+def write(captured: Captured, directory: Path) -> None:
+    """Write a captured set to `directory` atomically (module docstring)."""
     directory = directory.absolute()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -93,22 +130,9 @@ def save(iset: IndexSet, directory: Path) -> None:
         tmp.mkdir()
         try:
             w = _Writer(tmp)
-            table = iset._table
-            w.array("ids.npy", table.ids)
-            w.array("rows.npy", table.rows)
-            state: dict[str, Any] = {}
-            for key, ix in iset._indexes.items():
-                if isinstance(ix, (HnswIndex, IvfIndex)):
-                    w.blob(f"{key}.faiss", faiss.serialize_index(ix.index))
-                if isinstance(ix, HnswIndex):
-                    n = ix.index.ntotal
-                    w.array(f"{key}.labels.npy", ix.label_ids[:n])
-                    w.array(f"{key}.alive.npy", ix.alive[:n])
-                st = ix.stats
-                state[key] = {"radius": getattr(ix, "radius", 0.0), "stats": [st.norm, st.pmin, st.pmax]}
-            manifest = {"format": FORMAT, "version": VERSION, "dim": iset.dim, "count": table.n,
-                        "last_seq": iset.last_seq, "specs": [ix.spec.to_dict() for ix in iset._indexes.values()],
-                        "indexes": state, "files": w.files}
+            for name, data in captured.files:
+                (w.array if name.endswith(".npy") else w.blob)(name, data)
+            manifest = {**captured.fields, "files": w.files}
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)
                 f.flush()

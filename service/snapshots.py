@@ -11,10 +11,11 @@ kept as `<data dir>/snapshots/<collection>/<snapshot>.tar`.
 
 Consistency while writes continue: under the collection's write lock, once every committed write
 has been applied to its indexes (`Backend.writes_held`), a read transaction opens on SQLite (WAL
-snapshot isolation pins it at that sequence) and the indexes are saved; then the lock is released
-and the rows are copied from the pinned read while new writes commit. Writes to the collection wait
-only while its indexes are written out (about as long as an index snapshot takes); other
-collections never wait.
+snapshot isolation pins it at that sequence) and the indexes are copied in memory (their arrays,
+FAISS indexes serialised); then the lock is released, and the copy is written out and the rows are
+copied from the pinned read while new writes commit. Writes to the collection wait only for that
+in-memory copy (benchmarks/snapshot_bench.py); other collections never wait. The copy costs memory
+about the size of the collection's indexes for the length of the snapshot.
 
 Restore checks everything before writing anything: the tar structure (every byte outside member
 data must be a header with a valid checksum or zero padding), the manifest (format, version, its
@@ -184,9 +185,11 @@ class Snapshots:
                     pinned = stack.enter_context(self.backend.store.pinned(held.cid))
                     if pinned.last_seq != held.last_seq:  # cannot happen: the lock holds every write
                         raise StorageError(f"collection {collection!r} moved while its snapshot began; retry")
-                    if held.iset is not None:
-                        held.iset.save(work / INDEXES)
-                # writes go on from here; the pinned read still sees the state of `held`
+                    captured = held.iset.capture() if held.iset is not None else None
+                # writes go on from here; the pinned read and the copy keep the state of `held`
+                if captured is not None:
+                    persist.write(captured, work / INDEXES)
+                    del captured
                 count, lo, hi = _write_points(work / POINTS, pinned.rows())
             if count != held.count:
                 raise StorageError(f"collection {collection!r}: {count} rows copied, {held.count} expected")
