@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
@@ -47,6 +47,9 @@ from core.errors import Conflict, InvalidInput, LogitsearchError, NotFound
 from core.validate import as_rows, check_k, check_temperature
 from indexes import embed, exact
 from indexes.table import Table
+
+if TYPE_CHECKING:
+    from indexes.persist import Captured
 
 IndexMetric = Literal["euc", "cos", "tri", "ced"]
 Kind = Literal["flat", "hnsw", "ivf"]
@@ -865,6 +868,14 @@ class IndexSet:
 
         with self._writing, self._rw.read():
             persist.save(self, Path(directory))
+
+    def capture(self) -> Captured:
+        """A copy of what `save` writes (persist.Captured), taken under the set's locks and written
+        later with `persist.write` without them: a long write then holds up no write to the set."""
+        from indexes import persist
+
+        with self._writing, self._rw.read():
+            return persist.capture(self, copy=True)
 
     @classmethod
     def load(cls, directory: Path) -> IndexSet:

@@ -1,6 +1,7 @@
 """Atomic save and load of an IndexSet directory, with a manifest that proves what is inside.
 
-Layout: `manifest.json` (format, version, dim, count, last_seq, specs, per-index state, and the
+Layout: `manifest.json` (format, version, dim, count, last_seq, specs, per-index state (the CED
+lift's radius, the certificate's statistics), and the
 size and sha256 of every other file), `ids.npy` and `rows.npy` (the table), and per hnsw/ivf index
 `<key>.faiss` (faiss.serialize_index) plus, for hnsw, `<key>.labels.npy` and `<key>.alive.npy`.
 Flat indexes are a pure function of the table and are recomputed on load (cheaper than reading
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ import faiss
 import numpy as np
 
 from core.errors import InvalidInput, StorageError
+from indexes.embed import Stats
 
 if TYPE_CHECKING:
     from indexes.knn import IndexSet
@@ -79,10 +82,46 @@ def _siblings(directory: Path, tag: str) -> list[Path]:
     return sorted(directory.parent.glob(f".{directory.name}.{tag}-*"))
 
 
-def save(iset: IndexSet, directory: Path) -> None:
-    """Write `iset` to `directory` atomically (module docstring). Caller holds the set's locks."""
+@dataclass(frozen=True)
+class Captured:
+    """What `save` writes: the files as arrays (`.npy`) or raw bytes (`.faiss`), and the manifest's
+    other fields. From `capture(iset, copy=True)` it is a copy, written later without the set's locks."""
+
+    files: list[tuple[str, np.ndarray]]
+    fields: dict[str, Any]
+
+
+def capture(iset: IndexSet, *, copy: bool = False) -> Captured:
+    """The state `save` writes. Caller holds the set's locks; with `copy` the arrays are copies (and
+    FAISS indexes serialised), so the result stays valid after they are released."""
     from indexes.knn import HnswIndex, IvfIndex
 
+    def kept(a: np.ndarray) -> np.ndarray:
+        return a.copy() if copy else a
+
+    table = iset._table
+    files = [("ids.npy", kept(table.ids)), ("rows.npy", kept(table.rows))]
+    state: dict[str, Any] = {}
+    for key, ix in iset._indexes.items():
+        if isinstance(ix, (HnswIndex, IvfIndex)):
+            files.append((f"{key}.faiss", faiss.serialize_index(ix.index)))
+        if isinstance(ix, HnswIndex):
+            n = ix.index.ntotal
+            files += [(f"{key}.labels.npy", kept(ix.label_ids[:n])), (f"{key}.alive.npy", kept(ix.alive[:n]))]
+        st = ix.stats
+        state[key] = {"radius": getattr(ix, "radius", 0.0), "stats": [st.norm, st.pmin, st.pmax]}
+    fields = {"format": FORMAT, "version": VERSION, "dim": iset.dim, "count": table.n, "last_seq": iset.last_seq,
+              "specs": [ix.spec.to_dict() for ix in iset._indexes.values()], "indexes": state}
+    return Captured(files, fields)
+
+
+def save(iset: IndexSet, directory: Path) -> None:
+    """Write `iset` to `directory` atomically (module docstring). Caller holds the set's locks."""
+    write(capture(iset), directory)
+
+
+def write(captured: Captured, directory: Path) -> None:
+    """Write a captured set to `directory` atomically (module docstring)."""
     directory = directory.absolute()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -91,21 +130,9 @@ def save(iset: IndexSet, directory: Path) -> None:
         tmp.mkdir()
         try:
             w = _Writer(tmp)
-            table = iset._table
-            w.array("ids.npy", table.ids)
-            w.array("rows.npy", table.rows)
-            state: dict[str, Any] = {}
-            for key, ix in iset._indexes.items():
-                if isinstance(ix, (HnswIndex, IvfIndex)):
-                    w.blob(f"{key}.faiss", faiss.serialize_index(ix.index))
-                if isinstance(ix, HnswIndex):
-                    n = ix.index.ntotal
-                    w.array(f"{key}.labels.npy", ix.label_ids[:n])
-                    w.array(f"{key}.alive.npy", ix.alive[:n])
-                state[key] = {"radius": getattr(ix, "radius", 0.0)}
-            manifest = {"format": FORMAT, "version": VERSION, "dim": iset.dim, "count": table.n,
-                        "last_seq": iset.last_seq, "specs": [ix.spec.to_dict() for ix in iset._indexes.values()],
-                        "indexes": state, "files": w.files}
+            for name, data in captured.files:
+                (w.array if name.endswith(".npy") else w.blob)(name, data)
+            manifest = {**captured.fields, "files": w.files}
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)
                 f.flush()
@@ -183,8 +210,39 @@ def _array(path: Path, m: dict[str, Any], name: str, dtype: Any, shape: tuple[in
     return a
 
 
-def load(cls: type[IndexSet], directory: Path) -> IndexSet:
-    """Read a snapshot written by `save`; StorageError if it is missing, damaged or foreign."""
+def _stats(m: dict[str, Any], key: str) -> Stats | None:
+    """The certificate statistics the set had when saved (they only widen with writes, so the loaded
+    set certifies exactly what the saved one did); None for snapshots written before they were kept."""
+    entry = m["indexes"].get(key) if isinstance(m.get("indexes"), dict) else None
+    raw = entry.get("stats") if isinstance(entry, dict) else None
+    if raw is None:
+        return None
+    try:
+        norm, pmin, pmax = (float(v) for v in raw)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"manifest is damaged (stats of {key})") from exc
+    return Stats(norm, pmin, pmax)
+
+
+def _shift_ivf_ids(index: Any, offset: int) -> None:
+    """Add `offset` to every id stored in an IVF index's inverted lists, in place (order kept)."""
+    inv = faiss.extract_index_ivf(index).invlists
+    if inv is None:
+        raise StorageError("an IVF index without inverted lists")
+    for lst in range(inv.nlist):
+        n = inv.list_size(lst)
+        if n:
+            ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy() + offset
+            codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size).copy()
+            inv.update_entries(lst, 0, n, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+
+
+def load(cls: type[IndexSet], directory: Path, *, id_offset: int = 0) -> IndexSet:
+    """Read a snapshot written by `save`; StorageError if it is missing, damaged or foreign.
+
+    `id_offset` is added to every id (the table's, HNSW's labels, IVF's lists): a collection
+    restored into another database gets fresh internal ids in the same order (service/snapshots.py).
+    """
     from indexes.knn import _KIND_CLASS, HnswIndex, IndexSpec, IvfIndex
 
     directory = directory.absolute()
@@ -203,12 +261,16 @@ def load(cls: type[IndexSet], directory: Path) -> IndexSet:
     rows = _array(path, m, "rows.npy", np.float32, (count, dim))
     if count and (ids.min() < 0 or np.unique(ids).size != count):
         raise StorageError(f"{path}: ids.npy holds negative or repeated ids")
+    ids = ids + id_offset
     iset = cls(dim)
     iset.last_seq = last_seq
     iset._table.upsert(ids, rows, {})
     for spec in specs:
+        stats = _stats(m, spec.key)
         if spec.kind == "flat":
             iset.add_index(spec)
+            if stats is not None:
+                iset._indexes[spec.key].stats = stats
             continue
         ix = _KIND_CLASS[spec.kind](spec, dim)
         if not isinstance(ix, (HnswIndex, IvfIndex)):
@@ -228,7 +290,7 @@ def load(cls: type[IndexSet], directory: Path) -> IndexSet:
             n = index.ntotal
             ix.index = index
             ix.index.hnsw.efSearch = spec.params["ef_search"]
-            ix.label_ids = _array(path, m, f"{spec.key}.labels.npy", np.int64, (n,))
+            ix.label_ids = _array(path, m, f"{spec.key}.labels.npy", np.int64, (n,)) + id_offset
             ix.alive = _array(path, m, f"{spec.key}.alive.npy", np.bool_, (n,))
             live = np.flatnonzero(ix.alive)
             ix.label_of = dict(zip(ix.label_ids[live].tolist(), live.tolist()))
@@ -240,5 +302,9 @@ def load(cls: type[IndexSet], directory: Path) -> IndexSet:
             ix.index.nprobe = spec.params["nprobe"]
             if ix.index.is_trained and ix.index.ntotal != count:
                 raise StorageError(f"{path}: {spec.key} holds {ix.index.ntotal} vectors, the table {count}")
+            if id_offset:
+                _shift_ivf_ids(ix.index, id_offset)
+        if stats is not None:
+            ix.stats = stats
         iset._indexes[spec.key] = ix
     return iset

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,11 +21,14 @@ from service.lifecycle import CutOffAtShutdown, hold_data_dir, refuse, release_d
 from service.limits import install_limits, problem_response
 from service.observability import install_observability
 from service.problems import document_problems, install_problem_handlers
-from service.routes import collections, evaluate, health, points, search
+from service.routes import collections, evaluate, health, points, search, snapshots
 from service.settings import Settings, load_settings
+from service.snapshots import Snapshots
 
+#: where the documentation pages' scripts and styles are served (open, like /docs)
+DOCS_ASSETS = "/docs-assets"
 #: bodies of these types are streamed by their route; every other body is read whole
-STREAMED_TYPES = ("application/octet-stream", "application/x-npy", "multipart/form-data")
+STREAMED_TYPES = ("application/octet-stream", "application/x-npy", "multipart/form-data", "application/x-tar")
 
 
 class _WholeBodyLimit:
@@ -94,14 +98,17 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
 
     # FastAPI's native OpenTelemetry is off: service.observability exports Prometheus metrics and JSON
     # logs, and the per-request check whether OTel is configured cost ~3% of a search's server time.
-    app = FastAPI(title="logitsearch", version="0.1.0", lifespan=lifespan,
+    # /docs and /redoc with Swagger UI's and ReDoc's files from the fastapi-offline package (mounted
+    # at DOCS_ASSETS), not a CDN: the docs work on an offline machine (issue 15).
+    app = FastAPIOffline(title="logitsearch", version="0.1.0", lifespan=lifespan, static_url=DOCS_ASSETS,
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
                   description="Similarity search over logit embeddings: k-NN by TRI, CED, EUC and COS, "
                               "with evidence for which metric keeps the network's cross-entropy order.")
     app.state.settings = settings
     app.state.backend = backend
+    app.state.snapshots = Snapshots(backend)
     install_problem_handlers(app)
-    for module in (health, collections, points, search, evaluate):
+    for module in (health, collections, points, search, evaluate, snapshots):
         # Flat on the app, not app.include_router: this FastAPI nests included routers in one
         # _IncludedRouter, and auth and observability look each route up by its own path template.
         app.router.routes.extend(module.router.routes)

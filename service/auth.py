@@ -46,6 +46,7 @@ ROLES: dict[tuple[str, str], Role] = {
     ("GET", "/docs"): "open",
     ("GET", "/docs/oauth2-redirect"): "open",
     ("GET", "/redoc"): "open",
+    ("GET", "/docs-assets"): "open",  # the docs' scripts and styles (a mount: every path below it)
     ("GET", "/v1/collections"): "read",
     ("GET", _C): "read",
     ("GET", f"{_C}/indexes"): "read",
@@ -66,6 +67,11 @@ ROLES: dict[tuple[str, str], Role] = {
     ("PUT", f"{_C}/points"): "write",
     ("POST", f"{_C}/points/bulk"): "write",
     ("POST", f"{_C}/points/delete"): "write",
+    ("GET", f"{_C}/snapshots"): "read",
+    ("GET", f"{_C}/snapshots/{{snapshot}}"): "read",  # a read key can scroll every vector anyway
+    ("POST", f"{_C}/snapshots"): "write",
+    ("PUT", f"{_C}/snapshots/upload"): "write",
+    ("DELETE", f"{_C}/snapshots/{{snapshot}}"): "write",
 }
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}

@@ -24,8 +24,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -44,7 +45,7 @@ from indexes.knn import (
 )
 from service import filters
 from service.settings import Settings
-from service.store import Ext, Store, StoredCollection
+from service.store import Ext, Store, StoredCollection, Transaction
 
 log = logging.getLogger("logitsearch.backend")
 
@@ -161,6 +162,20 @@ class CollectionInfo:
     last_operation_id: int
     status: State
     indexes: list[IndexInfo]
+
+
+@dataclass(frozen=True)
+class HeldCollection:
+    """A collection while its writes are held (`Backend.writes_held`)."""
+
+    cid: int
+    name: str
+    config: CollectionConfig
+    indexes: list[dict[str, Any]]
+    last_seq: int
+    count: int
+    iset: IndexSet | None
+    rebuild_reason: str | None
 
 
 @dataclass(frozen=True)
@@ -354,7 +369,7 @@ class Backend:
 
     # --- loading and rebuilding ------------------------------------------------------------------
 
-    def _load_all(self, stored: list[StoredCollection]) -> None:
+    def _load_all(self, stored: list[StoredCollection], preloaded: dict[int, IndexSet] | None = None) -> None:
         for sc in stored:
             coll = self._collections.get(sc.name)
             if coll is None or self._closed:
@@ -362,7 +377,7 @@ class Backend:
             started = time.perf_counter()
             try:
                 with coll.lock:
-                    self._load(coll)
+                    self._load(coll, (preloaded or {}).get(coll.cid))
                 log.info("collection loaded", extra={"fields": {
                     "collection": coll.name, "points": coll.iset.count if coll.iset else 0,
                     "seconds": round(time.perf_counter() - started, 3)}})
@@ -372,11 +387,11 @@ class Backend:
             finally:
                 coll.loaded.set()
 
-    def _load(self, coll: _Collection) -> None:
+    def _load(self, coll: _Collection, iset: IndexSet | None = None) -> None:
         for iid, ext in self.store.ext_ids(coll.cid):
             coll.iid_of[ext] = iid
             coll.ext_of[iid] = ext
-        iset = self._open_snapshot(coll)
+        iset = iset if iset is not None else self._open_snapshot(coll)
         if iset is not None:
             try:
                 self._replay(coll, iset)
@@ -874,6 +889,78 @@ class Backend:
         """Snapshot every ready collection now (tests, and before a planned restart)."""
         for coll in list(self._collections.values()):
             self._snapshot(coll)
+
+    # --- collection snapshots to take away (service/snapshots.py owns the archive) ----------------
+
+    @contextmanager
+    def writes_held(self, name: str) -> Iterator[HeldCollection]:
+        """The collection at a consistent point: inside the block no write to it starts, and every
+        committed write has been applied to its indexes. `iset` is None (with the reason) when the
+        indexes are not those of the committed state (rebuilding, or an index still building)."""
+        coll = self._get(name)
+        with coll.lock:
+            self._check_alive(coll)
+            coll.applier.submit(lambda: None).result()  # the applier runs writes in order: all applied
+            iset, reason = coll.iset, None
+            building = sorted(k for k, st in coll.indexes.items() if st.status == "building")
+            if coll.state != "ready" or iset is None or iset.last_seq != coll.last_seq:
+                iset, reason = None, f"the collection was {coll.state} when the snapshot was taken"
+            elif building:
+                iset, reason = None, f"index {', '.join(building)} was still building"
+            yield HeldCollection(coll.cid, coll.name, coll.config, _index_list(coll), coll.last_seq,
+                                 len(coll.iid_of), iset, reason)
+
+    def restore_collection(self, name: str, config: CollectionConfig, indexes: list[dict[str, Any]],
+                           last_seq: int, fill: Callable[[Transaction, int], int],
+                           place: Callable[[Path, int], IndexSet] | None) -> CollectionInfo:
+        """Create `name` (or replace it when it exists empty with the same config) from a snapshot in
+        ONE transaction: `fill(tx, cid)` writes the points and returns the offset added to their
+        internal ids; then `place(directory, offset)` writes the index snapshot and returns its set
+        (None, or a failure: the indexes are rebuilt from SQLite), and the collection loads as at a
+        start."""
+        _check_name(name)
+        old = self._collections.get(name)
+        if old is not None and not old.loaded.wait(LOAD_WAIT):
+            raise StorageError(f"collection {name!r} is still loading; retry shortly")
+        # the collection's lock before the registry's, as delete_collection takes them
+        with old.lock if old is not None else nullcontext(), self._registry:
+            if self._collections.get(name) is not old:
+                raise Conflict(f"collection {name!r} was created or deleted meanwhile; retry")
+            if old is not None:
+                if old.iid_of:
+                    raise Conflict(f"collection {name!r} holds {len(old.iid_of)} points: restore into a new "
+                                   "or empty collection (delete it first, or give another name)")
+                if old.config != config:
+                    raise Conflict(f"collection {name!r} exists (empty) with a different configuration: "
+                                   + "; ".join(old.config.differences(config)))
+            states = {}
+            for d in indexes:
+                spec = IndexSpec.from_dict(d["spec"])
+                states[spec.key] = IndexState(spec, d["status"], 1.0 if d["status"] == "ready" else 0.0,
+                                              d.get("error"))
+            with self.store.transaction() as tx:
+                if old is not None:
+                    tx.drop_collection(old.cid)
+                cid = tx.create_collection(name, config.to_dict(), indexes)
+                offset = fill(tx, cid)
+                tx.set_last_seq(cid, last_seq)
+            if old is not None:
+                old.dropped = True
+                if old._applier is not None:
+                    old._applier.shutdown(wait=False)
+                shutil.rmtree(self._snapshot_dir(old.cid), ignore_errors=True)
+            coll = _Collection(cid, name, config, states, last_seq)
+            self._collections[name] = coll  # requests wait for `loaded` (LOAD_WAIT), as at a start
+        preloaded: dict[int, IndexSet] = {}
+        try:
+            if place is not None:
+                preloaded[cid] = place(self._snapshot_dir(cid), offset)
+        except Exception as exc:  # the points are committed; the indexes are rebuilt from them
+            log.warning("restored index snapshot unusable, rebuilding from SQLite", exc_info=exc,
+                        extra={"fields": {"collection": name}})
+            shutil.rmtree(self._snapshot_dir(cid), ignore_errors=True)
+        self._load_all([StoredCollection(cid, name, config.to_dict(), indexes, last_seq)], preloaded)
+        return self._info(coll)
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The `logitsearch` command line: serve, ingest, search, collections, evaluate."""
+"""The `logitsearch` command line: serve, ingest, search, collections, evaluate, snapshot, restore."""
 
 from __future__ import annotations
 
@@ -267,6 +267,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.create_snapshot(args.name)
+        where = f"kept on the server as {info['name']}"
+        if args.output:
+            try:
+                client.download_snapshot(args.name, info["name"], args.output)
+            except OSError as exc:
+                print(f"logitsearch: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+            where = f"wrote {args.output} ({info['bytes']:,} bytes); also {where}"
+    indexes = "indexes included" if info["indexes_included"] else f"indexes rebuilt on restore ({info['rebuild_reason']})"
+    print(f"snapshot of {args.name!r}: {info['count']:,} points up to operation {info['last_operation_id']}, "
+          f"{indexes}; {where}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    try:
+        size = Path(args.file).stat().st_size
+    except OSError as exc:
+        print(f"logitsearch: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with _client(args) as client:
+        info = client.restore_snapshot(args.name, args.file)
+    print(f"restored {info['count']:,} points into {args.name!r} from {args.file} ({size:,} bytes); "
+          f"last operation {info['last_operation_id']}, status {info['status']}")
+    return 0
+
+
 def _add_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get("LOGITSEARCH_URL", "http://127.0.0.1:6340"),
                    help="server address (LOGITSEARCH_URL, default http://127.0.0.1:6340)")
@@ -382,6 +412,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--filter", type=_filter, help="evaluate on the points this payload filter matches (JSON)")
     _add_connection(ev)
     ev.set_defaults(func=_evaluate)
+
+    snap = sub.add_parser("snapshot", help="take a consistent snapshot of a collection (and download it)",
+                          description="Take a point-in-time snapshot of collection NAME on the server (a tar "
+                                      "archive with a checksummed manifest, the points and the indexes; writes "
+                                      "may continue meanwhile) and, with -o, download it to FILE.")
+    snap.add_argument("name", help="collection name")
+    snap.add_argument("-o", "--output", help="write the archive here (it is also kept on the server)")
+    _add_connection(snap)
+    snap.set_defaults(func=_snapshot)
+
+    restore = sub.add_parser("restore", help="restore a snapshot archive into a new or empty collection",
+                             description="Upload FILE (an archive from `logitsearch snapshot`) and restore it as "
+                                         "collection NAME, which must not exist or be empty. The archive is "
+                                         "checked whole first; a damaged one is refused and nothing is written.")
+    restore.add_argument("name", help="collection to create")
+    restore.add_argument("file", help="the snapshot archive (.tar)")
+    _add_connection(restore)
+    restore.set_defaults(func=_restore)
     return parser
 
 

@@ -22,9 +22,10 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, BinaryIO, Generic, Self, TypeVar
 
 import httpx
 import numpy as np
@@ -93,6 +94,8 @@ class _Call(Generic[T]):
     files: Any = None
     data: Any = None
     headers: dict[str, str] | None = None
+    #: stream the response body into this file instead of reading it whole
+    download: Path | None = None
 
     def kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -113,6 +116,18 @@ def _checked(r: httpx.Response) -> httpx.Response:
     if not isinstance(problem, dict):
         problem = {"title": r.reason_phrase, "detail": r.text[:500]}
     raise ApiError(r.status_code, problem)
+
+
+@contextmanager
+def _whole_or_nothing(path: Path) -> Iterator[BinaryIO]:
+    """A file to write a download into: renamed to `path` when the block succeeds, removed if not."""
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json(r: httpx.Response) -> Any:
@@ -157,6 +172,15 @@ def _npy_header(shape: tuple[int, int], dtype: np.dtype[Any]) -> bytes:
     return buf.getvalue()
 
 
+def _file_pieces(path: Path, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """The bytes of a file in pieces, read as they are sent; `progress(bytes)` after each."""
+    with open(path, "rb") as f:
+        while piece := f.read(UPLOAD_PIECE_BYTES):
+            if progress:
+                progress(len(piece))
+            yield piece
+
+
 def _npy_pieces(source: str | Path | npt.NDArray[Any], progress: Callable[[int], None] | None
                 ) -> tuple[int, Iterator[bytes]]:
     """(rows, the .npy bytes in pieces) of a file (streamed as is) or an array (header + row blocks)."""
@@ -164,13 +188,7 @@ def _npy_pieces(source: str | Path | npt.NDArray[Any], progress: Callable[[int],
         path = Path(source)
         rows = int(np.load(path, mmap_mode="r").shape[0])
 
-        def from_file() -> Iterator[bytes]:
-            with open(path, "rb") as f:
-                while piece := f.read(UPLOAD_PIECE_BYTES):
-                    if progress:
-                        progress(len(piece))
-                    yield piece
-        return rows, from_file()
+        return rows, _file_pieces(path, progress)
     X = np.asarray(source)
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
@@ -439,6 +457,32 @@ class _Api:
             return r.content
         return self._send(_Call("POST", f"/v1/collections/{name}/evaluate/shepard.png", parse, json=body))
 
+    # --- snapshots (service/snapshots.py) ----------------------------------------------------------
+
+    def create_snapshot(self, name: str) -> Any:
+        """Take a consistent snapshot on the server; its description (name, bytes, last_operation_id...)."""
+        return self._send(_Call("POST", f"/v1/collections/{name}/snapshots", _json))
+
+    def snapshots(self, name: str) -> Any:
+        return self._send(_Call("GET", f"/v1/collections/{name}/snapshots", lambda r: r.json()["snapshots"]))
+
+    def download_snapshot(self, name: str, snapshot: str, path: str | Path) -> Any:
+        """Stream the archive `snapshot` into the file `path` (written whole or not at all); the path."""
+        out = Path(path)
+        return self._send(_Call("GET", f"/v1/collections/{name}/snapshots/{snapshot}", lambda r: out,
+                                download=out))
+
+    def delete_snapshot(self, name: str, snapshot: str) -> Any:
+        return self._send(_Call("DELETE", f"/v1/collections/{name}/snapshots/{snapshot}", _json))
+
+    def restore_snapshot(self, name: str, path: str | Path, *, progress: Callable[[int], None] | None = None) -> Any:
+        """Upload the archive at `path` (streamed) into the new or empty collection `name`; its description."""
+        source = Path(path)
+        source.stat()  # a missing file fails here, before a request is made
+        return self._send(_Call("PUT", f"/v1/collections/{name}/snapshots/upload", _json,
+                                content=_file_pieces(source, progress),
+                                headers={"content-type": "application/x-tar"}))
+
 
 class _Readable:
     """A file-like over an iterator of byte pieces, so httpx streams a multipart file part."""
@@ -475,6 +519,13 @@ class Client(_Api):
         self._http = httpx.Client(base_url=self.url, headers=_headers(api_key), timeout=timeout, transport=transport)
 
     def _send(self, call: _Call[T]) -> T:
+        if call.download is not None:
+            with self._http.stream(call.method, call.path, **call.kwargs()) as r:
+                if not r.is_success:
+                    r.read()
+                with _whole_or_nothing(call.download) as f:
+                    f.writelines(_checked(r).iter_bytes())
+            return call.parse(r)
         return call.parse(_checked(self._http.request(call.method, call.path, **call.kwargs())))
 
     def _send_all(self, calls: Iterable[_Call[Any]], combine: Callable[[list[Any]], T]) -> T:
@@ -504,6 +555,14 @@ class AsyncClient(_Api):
         content = kwargs.get("content")
         if content is not None and not isinstance(content, (bytes, str)):
             kwargs["content"] = _async_pieces(content)
+        if call.download is not None:
+            async with self._http.stream(call.method, call.path, **kwargs) as r:
+                if not r.is_success:
+                    await r.aread()
+                with _whole_or_nothing(call.download) as f:
+                    async for chunk in _checked(r).aiter_bytes():
+                        f.write(chunk)
+            return call.parse(r)
         return call.parse(_checked(await self._http.request(call.method, call.path, **kwargs)))
 
     async def _send_all(self, calls: Iterable[_Call[Any]], combine: Callable[[list[Any]], T]) -> T:  # type: ignore[override]

@@ -190,7 +190,8 @@ _WHY = {
     503: "Storage is unavailable or the collection is still loading; retry (Retry-After).",
 }
 _CONFLICTS = {("put", "/v1/collections/{name}"), ("post", "/v1/collections/{name}/indexes"),
-              ("post", "/v1/collections/{name}/search"), ("post", "/v1/collections/{name}/search/batch")}
+              ("post", "/v1/collections/{name}/search"), ("post", "/v1/collections/{name}/search/batch"),
+              ("put", "/v1/collections/{name}/snapshots/upload")}
 
 
 def _statuses(method: str, path: str, operation: dict[str, Any], open_routes: set[tuple[str, str]]) -> list[int]:

@@ -257,3 +257,21 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     status: Literal["ready", "loading"]
     collections: dict[str, str] = Field(description="name -> loading, ready, rebuilding or failed")
+
+
+# --- snapshots (service/snapshots.py) --------------------------------------------------------------
+
+
+class SnapshotOut(BaseModel):
+    name: str = Field(description="the archive's file name: GET …/snapshots/{name} downloads it")
+    collection: str = Field(description="the collection it was taken of")
+    bytes: int = Field(description="size of the tar archive")
+    created: str = Field(description="when it was taken (UTC, ISO 8601)")
+    last_operation_id: int = Field(description="the write sequence it holds: every write up to this one, none after")
+    count: int = Field(description="points in it")
+    indexes_included: bool = Field(description="false: the indexes are rebuilt from the points on restore")
+    rebuild_reason: str | None = Field(None, description="why the indexes were left out")
+
+
+class SnapshotsOut(BaseModel):
+    snapshots: list[SnapshotOut]

@@ -250,6 +250,31 @@ class Transaction:
     def prune_deleted(self, cid: int, upto: int) -> None:
         self._c.execute("DELETE FROM deleted WHERE cid = ? AND seq <= ?", (cid, upto))
 
+    def restore_points(self, cid: int, rows: Iterable[tuple[int, Ext, int, bytes, str | None]]) -> None:
+        """Insert rows as a collection snapshot holds them: (iid, ext, seq, float32 LE bytes, payload)."""
+        self._c.executemany("INSERT INTO points (iid, cid, ext, seq, vector, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                            ((i, cid, e, s, v, p) for i, e, s, v, p in rows))
+
+    def set_last_seq(self, cid: int, seq: int) -> None:
+        self._c.execute("UPDATE collections SET last_seq = ? WHERE cid = ?", (seq, cid))
+
+
+class PinnedRead:
+    """One collection as of the moment a read transaction opened (see `Store.pinned`)."""
+
+    def __init__(self, conn: sqlite3.Connection, cid: int, last_seq: int | None) -> None:
+        self._c, self.cid, self.last_seq = conn, cid, last_seq
+
+    def rows(self, chunk: int = READ_CHUNK) -> Iterator[list[tuple[int, Ext, int, bytes, str | None]]]:
+        """(iid, ext, seq, vector bytes, payload JSON) of every point, in iid order, in batches."""
+        try:
+            cur = self._c.execute("SELECT iid, ext, seq, vector, payload FROM points WHERE cid = ? ORDER BY iid",
+                                  (self.cid,))
+            while batch := cur.fetchmany(chunk):
+                yield batch
+        except sqlite3.Error as exc:
+            raise StorageError(_reason(exc)) from exc
+
 
 class Store:
     """The SQLite database of one data directory."""
@@ -409,6 +434,22 @@ class Store:
             for row in conn.execute(f"SELECT {cols} FROM points WHERE cid = ? AND iid IN ({marks})", [cid, *part]):
                 out[row[0]] = _point(row, vector, payload)
         return out
+
+    @contextmanager
+    def pinned(self, cid: int) -> Iterator[PinnedRead]:
+        """A read transaction on a connection of its own, pinned where it opens (WAL snapshot
+        isolation): writes committed later stay invisible to it while it reads, and do not wait."""
+        try:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("BEGIN")
+            row = conn.execute("SELECT last_seq FROM collections WHERE cid = ?", (cid,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(_reason(exc)) from exc
+        try:
+            yield PinnedRead(conn, cid, None if row is None else int(row[0]))
+        finally:
+            conn.close()  # ends the read transaction
 
     @_guarded
     def matching(self, cid: int, f: filters.Filter) -> Ids:

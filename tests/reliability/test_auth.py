@@ -11,16 +11,17 @@ import re
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from service import auth
-from service.app import create_app
+from service.app import DOCS_ASSETS, create_app
 from service.settings import load_settings
 
 WRITE_KEY = "write-key-9f1c2e7d0a5b4c3e8f6a"
 READ_KEY = "read-key-4b8d2f6a1c9e7b3d5f0a"
 #: values for path parameters; the requests only need to reach the route, not succeed
-PARAMS = {"name": "auth-matrix", "id": "7", "point_id": "7", "index_id": "euc-flat"}
+PARAMS = {"name": "auth-matrix", "id": "7", "point_id": "7", "index_id": "euc-flat",
+          "snapshot": "none.tar"}
 
 
 def _app(tmp_path, **overrides):
@@ -33,10 +34,14 @@ def _routes(app) -> set[tuple[str, str]]:
     for route in app.routes:
         if isinstance(route, (APIRoute, Route)):
             out |= {(m, route.path) for m in (route.methods or ()) if m != "HEAD"}
+        elif isinstance(route, Mount):  # static files (the docs' assets): GET on every path below it
+            out.add(("GET", route.path))
     return out
 
 
 def _url(template: str) -> str:
+    if template == DOCS_ASSETS:  # a mount: ask for a file below it
+        return f"{DOCS_ASSETS}/swagger-ui.css"
     return re.sub(r"\{(\w+)(:\w+)?\}", lambda m: PARAMS.get(m.group(1), "x"), template)
 
 
