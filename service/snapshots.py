@@ -273,6 +273,8 @@ class Snapshots:
                     tx.allocate(max(0, hi + offset + 1 - start))
                 tx.restore_points(cid, ((iid + offset, ext, seq, vector, payload) for batch in
                                         _read_points(checked.points) for iid, ext, seq, vector, payload in batch))
+                if checked.config.payload_index:  # the declared keys, indexed in the same transaction
+                    tx.index_payloads(cid, checked.config.payload_index)
                 offset_box.append(offset)
                 return offset
 

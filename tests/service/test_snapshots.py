@@ -383,3 +383,22 @@ def test_an_upload_over_the_body_limit_is_refused_and_nothing_is_written(client_
     problem(client.get(f"{C}/fresh"), 404)
     work = client.app.state.snapshots.root / ".work"
     assert not work.exists() or list(work.iterdir()) == []
+
+
+def test_a_restored_collection_answers_filters_from_its_own_payload_index(tmp_path, rng):
+    # the archive carries the declared keys; the restore must index the restored payloads too
+    with make_client(tmp_path / "data") as client:
+        X, ids = _fill(client, "orig", rng, metrics=("euc", "tri"))
+        r = client.put(f"{C}/orig/payload_index", json={"fields": ["i", "tag.even"]})
+        assert r.status_code == 200, r.text
+        _, data = _snapshot(client, "orig")
+        assert client.put(f"{C}/copy/snapshots/upload", content=data, headers=TAR).status_code == 201
+        flt = {"must": [{"key": "tag.even", "match": {"value": True}}, {"key": "i", "range": {"lt": 300}}]}
+        out = {}
+        for name in ("orig", "copy"):
+            scroll = client.post(f"{C}/{name}/points/scroll", json={"limit": 1000, "filter": flt}).json()
+            search = client.post(f"{C}/{name}/search", json={"vector": X[3].tolist(), "k": 7, "metric": "tri",
+                                                              "temperature": 10, "filter": flt}).json()
+            out[name] = strip([scroll, search])
+        assert out["copy"] == out["orig"]
+        assert len(out["orig"][0]["points"]) > 50
