@@ -17,7 +17,7 @@ from service.fastlane import SearchFastLane
 from service.limits import install_limits, problem_response
 from service.observability import install_observability
 from service.problems import document_problems, install_problem_handlers
-from service.routes import collections, evaluate, health, points, search
+from service.routes import collections, evaluate, health, points, report, search
 from service.settings import Settings, load_settings
 
 #: bodies of these types are streamed by their route; every other body is read whole
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
     app.state.settings = settings
     app.state.backend = backend
     install_problem_handlers(app)
-    for module in (health, collections, points, search, evaluate):
+    for module in (health, collections, points, search, evaluate, report):
         # Flat on the app, not app.include_router: this FastAPI nests included routers in one
         # _IncludedRouter, and auth and observability look each route up by its own path template.
         app.router.routes.extend(module.router.routes)
