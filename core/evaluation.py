@@ -700,10 +700,9 @@ def sweep_verdict(results: Sequence[TemperatureResult | TemperatureSummary]) -> 
     if good:
         r = good[0]
         metric = r.recommendation.best
-        where = "over raw logits, any index" if metric in ("euc", "cos") else f"indexed at t = {r.t:g}"
-        parts.append(f"recommended: search with {metric} ({where}; rho {r.recommendation.rho:.4f} against CED "
-                     f"at t = {r.t:g}, the smallest temperature of the sweep at which a searchable metric keeps "
-                     "CED's order)")
+        where = f"{metric} over raw logits" if metric in ("euc", "cos") else f"{metric} at t = {r.t:g}"
+        parts.append(f"recommended: search with {where} (rho {r.recommendation.rho:.4f} against CED at t = {r.t:g}, "
+                     "the smallest temperature of the sweep at which a searchable metric keeps CED's order)")
         return SweepVerdict(tri_t, euc_t, r.t, metric, TRI_EXACT_RHO, "; ".join(parts))
     rated = [r for r in by_t if r.recommendation.rho is not None]
     if rated:
