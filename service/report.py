@@ -1,8 +1,9 @@
 """The evaluation as one self-contained HTML page (issue 14): the recommendation in words, the sweep,
 the tables, the roughness curve and the Shepard grid of the recommended metric.
 
-Every figure is inline (a `data:image/png;base64` URI) and the style sheet is in the page: no
-script, no font, no request to anywhere, so the file works offline and can be mailed as it is.
+Every figure is inline (a `data:image/png;base64` URI), the style sheet is in the page and the icon
+is an empty data URI (else a browser asks the server for /favicon.ico): no script, no font, no
+request to anywhere, so the file works offline and can be mailed as it is.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def report_html(evaluation: dict[str, Any], *, sweep_png: bytes, roughness_png: 
                    "isotonic regression, drawn under the points.</p>" + _img(shepard_png, "Shepard grid"))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>logitsearch report: {name}</title><style>{STYLE}</style></head>
+<link rel="icon" href="data:,"><title>logitsearch report: {name}</title><style>{STYLE}</style></head>
 <body>
 <h1>Which metric keeps the network's order: <code>{name}</code></h1>
 <p class="meta">{html.escape(what)}, each compared with {html.escape(drawn)}; {html.escape(how_t)}.

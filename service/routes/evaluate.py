@@ -73,7 +73,6 @@ class QueriesIn(BaseModel):
     seed: int = Field(0, description="seed of the draw of the queries")
 
 
-AUTO = Literal["auto"]
 AUTO_TEXT = (f'"auto": ~8 log-spaced temperatures over the range where the mean measure of roughness (eq. 17) '
              f"falls from {AUTO_ROUGHNESS[0]:g} to {AUTO_ROUGHNESS[1]:g} (section 10.2)")
 
@@ -86,7 +85,7 @@ class EvaluateIn(BaseModel):
     id: PointId | None = Field(None, description="a stored point as the query (left out of the compared set)")
     vector: list[float] | None = Field(None, description="query logits, the collection's dimension")
     temperature: float | None = Field(None, description="one softmax temperature")
-    temperatures: list[float] | AUTO | None = Field(None, description=f"a sweep, e.g. [1, 10, 100], or {AUTO_TEXT}")
+    temperatures: list[float] | str | None = Field(None, description=f"a sweep, e.g. [1, 10, 100], or {AUTO_TEXT}")
     labels: str | None = Field(None, description="a payload field holding each point's label (e.g. the class): "
                                "scores each searchable metric's exact k nearest neighbours against it "
                                "(label agreement@k, mean average precision)")
@@ -107,8 +106,8 @@ class ShepardIn(BaseModel):
     id: PointId | None = None
     vector: list[float] | None = None
     temperature: float | None = Field(None, description="one temperature: one diagram")
-    temperatures: list[float] | AUTO | None = Field(None, description="several: a grid, one panel per "
-                                                    f"temperature; or {AUTO_TEXT}")
+    temperatures: list[float] | str | None = Field(None, description="several: a grid, one panel per "
+                                                   f"temperature; or {AUTO_TEXT}")
     metric: str = Field(description=f"one of {', '.join(EVAL_METRICS)}")
     sample: int | None = None
     seed: int = 0
@@ -332,6 +331,8 @@ def _temperatures(body: EvaluateIn | ShepardIn, X: np.ndarray | None = None,
     `DEFAULT_ROUGHNESS_SAMPLE` of its rows, drawn with `seed`)."""
     if body.temperature is not None and body.temperatures is not None:
         raise InvalidInput("temperatures", "give temperature or temperatures, not both")
+    if isinstance(body.temperatures, str) and body.temperatures != "auto":
+        raise InvalidInput("temperatures", f'must be a list of numbers or "auto", got {body.temperatures[:40]!r}')
     if body.temperatures == "auto":
         if X is None:
             return (), None
