@@ -349,7 +349,7 @@ def _evaluation_report(result: dict[str, Any], url: str = "") -> str:
                          f"-H 'Content-Type: application/json' -d '{json.dumps(b['body'])}'")
     lines.append(f"\n{result['seconds']:.2f} s; tri exact means rho >= "
                  f"{per_t[0]['recommendation']['threshold']} (a stand-in for CED at that t); ties in rho go to the "
-                 "cheaper searchable metric (euc < cos < tri < ced)")
+                 "cheaper searchable metric (euc, cos: one index for every t; before tri: one per t)")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import base64
 import html
 from typing import Any
 
-from core.evaluation import TIE_RHO, TIE_STANDARD_ERRORS, TRI_EXACT_RHO
+from core.evaluation import CHEAPER, TIE_RHO, TIE_STANDARD_ERRORS, TRI_EXACT_RHO
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1250px;
@@ -151,7 +151,7 @@ def report_html(evaluation: dict[str, Any], *, sweep_png: bytes, roughness_png: 
 <footer>{html.escape(evaluation["reference"])}. The recommendation is the searchable metric (euc, cos, tri; ced is
 the reference) with the highest rho; rhos within {TIE_RHO:g} for one query, or within {TIE_STANDARD_ERRORS:g}
 standard errors of the paired per-query difference for many, are ties and go to the cheaper metric
-(per-query search cost euc &lt; cos &lt; tri &lt; ced). rho &ge; {TRI_EXACT_RHO} counts as keeping CED's order.
+({html.escape(CHEAPER)}). rho &ge; {TRI_EXACT_RHO} counts as keeping CED's order.
 Made by logitsearch.</footer>
 </body></html>
 """

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.errors import InvalidInput, LimitExceeded, NotFound
 from core.evaluation import (
     AUTO_ROUGHNESS,
+    CHEAPER,
     EVAL_METRICS,
     MANY_TO_MANY_MAX_ROWS,
     MAX_QUERIES,
@@ -145,7 +146,7 @@ class RecommendationOut(BaseModel):
     best: str | None = Field(description="the searchable metric (euc, cos, tri) to search with: of those tied with "
                              f"the highest rho (within {TIE_RHO:g} for one query; for many, within "
                              f"{TIE_STANDARD_ERRORS:g} standard errors of the paired per-query difference), the "
-                             "cheapest (euc < cos < tri < ced)")
+                             f"cheapest: {CHEAPER}")
     rho: float | None = Field(None, description="best's rho (mean rho for many queries)")
     tied: list[str] = Field(default_factory=list, description="searchable metrics tied with the highest, "
                             "cheapest first")

@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from matplotlib.image import imread
 
 from core.roughness import temperature_for_roughness
@@ -67,7 +66,7 @@ def test_auto_temperatures_span_mean_roughness_a_tenth_to_a_millionth(client, da
     auto = body["auto"]
     ts = [r["temperature"] for r in body["results"]]
     assert ts == auto["temperatures"] and len(ts) == 8 and auto["rows"] == N
-    mean_mr = lambda t: float(np.mean([mr(x, t) for x in X]))  # noqa: E731  (eq. 17 by the formula)
+    mean_mr = lambda t: float(np.mean([mr(x, t) for x in X]))
     assert mean_mr(ts[0]) == pytest.approx(0.1, rel=0.03) and mean_mr(ts[-1]) == pytest.approx(1e-6, rel=0.03)
     assert auto["low"]["temperature"] == pytest.approx(temperature_for_roughness(X, 1e-6).t, rel=1e-5)
     sweep = body["sweep"]
