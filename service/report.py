@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from typing import Any
 
 from core.evaluation import CHEAPER, TIE_RHO, TIE_STANDARD_ERRORS, TRI_EXACT_RHO
@@ -100,7 +101,7 @@ def _words(evaluation: dict[str, Any]) -> str:
     if sweep.get("build"):
         b = sweep["build"]
         parts.append(f"<p>The collection has no ready index for it yet; build one with <code>{html.escape(b['method'])} "
-                     f"{html.escape(b['path'])}</code> and the body <code>{html.escape(str(b['body']))}</code>.</p>")
+                     f"{html.escape(b['path'])}</code> and the body <code>{html.escape(json.dumps(b['body']))}</code>.</p>")
     elif sweep.get("indexed"):
         parts.append("<p>The collection already has a ready index for it.</p>")
     at = next((r for r in rows if r["temperature"] == sweep.get("temperature")), None)
