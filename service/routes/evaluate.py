@@ -71,7 +71,7 @@ PAIR_ORDER = ("many_to_many scores every pair i < j of the sample (scipy pdist o
 class QueriesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sample: int = Field(description=f"how many random stored points to use as queries (1..{MAX_QUERIES})")
-    seed: int = Field(0, description="seed of the draw of the queries")
+    seed: int = Field(0, ge=0, description="seed of the draw of the queries")
 
 
 AUTO_TEXT = (f'"auto": ~8 log-spaced temperatures over the range where the mean measure of roughness (eq. 17) '
@@ -94,7 +94,7 @@ class EvaluateIn(BaseModel):
     metrics: list[str] | None = Field(None, description=f"compared with CED; default {', '.join(EVAL_METRICS)}")
     sample: int | None = Field(None, description="points to compare against, drawn uniformly (default: the whole "
                                f"collection up to {DEFAULT_SAMPLE:,}; {DEFAULT_PAIRS_SAMPLE} for many_to_many)")
-    seed: int = Field(0, description="seed of the uniform sample")
+    seed: int = Field(0, ge=0, description="seed of the uniform sample")
     mode: Literal["one_to_many", "many_to_many"] = "one_to_many"
     ranks: Literal["average", "paper"] = Field(
         "average", description="average: ties share their average rank (= scipy); paper: the tie-breaking of "
@@ -111,7 +111,7 @@ class ShepardIn(BaseModel):
                                                    f"temperature; or {AUTO_TEXT}")
     metric: str = Field(description=f"one of {', '.join(EVAL_METRICS)}")
     sample: int | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     ranks: Literal["average", "paper"] = "average"
     max_points: int = Field(MAX_SHEPARD_POINTS, ge=2, le=MAX_SHEPARD_POINTS, description="points drawn")
     width: int = Field(800, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
@@ -512,7 +512,7 @@ def roughness_of_collection(
     temperatures: Annotated[str | None, Query(description="comma-separated, e.g. 1,10,100")] = None,
     sample: Annotated[int | None, Query(description="rows used (default: up to "
                                         f"{DEFAULT_ROUGHNESS_SAMPLE:,}, uniformly sampled)")] = None,
-    seed: int = 0,
+    seed: Annotated[int, Query(ge=0)] = 0,
 ) -> RoughnessOut:
     """The temperature at which the collection's mean measure of roughness (eq. 17) reaches
     `target`, and the mean MR at each of `temperatures`: guidance for picking t."""
@@ -598,7 +598,7 @@ def roughness_png_of_collection(
     name: str, request: Request,
     sample: Annotated[int | None, Query(description="rows used (default: up to "
                                         f"{DEFAULT_ROUGHNESS_SAMPLE:,}, uniformly sampled)")] = None,
-    seed: int = 0,
+    seed: Annotated[int, Query(ge=0)] = 0,
     width: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS)] = 800,
     height: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS)] = 500,
 ) -> Response:

@@ -49,7 +49,7 @@ def report_of_collection(
     k: Annotated[int, Query(ge=1, le=MAX_LABEL_K, description="neighbours of the label check")] = 10,
     sample: Annotated[int | None, Query(description="points compared (default: the whole collection up to "
                                         f"{DEFAULT_SAMPLE:,})")] = None,
-    seed: int = 0,
+    seed: Annotated[int, Query(ge=0, description="seed of the queries and the sample")] = 0,
 ) -> HTMLResponse:
     """One page, figures inline, no script or external asset: the recommendation in words, rho
     against temperature, the tables (rho, and label agreement when `labels` is given), the
