@@ -192,7 +192,7 @@ def _per_row(path: str, rows: int, parse: Callable[[str], Any], what: str, flag:
         except ValueError as exc:
             raise UsageError(f"{flag} {path} line {j + 1}: {exc}") from None
     if len(out) != rows:
-        raise UsageError(f"{flag} {path}: has {len(out)} lines for the {rows} rows of the matrix; give {what}")
+        raise UsageError(f"{flag} {path}: has {len(out)} lines for {rows} rows; give {what}")
     return out
 
 
@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Spearman's rho between CED(q : p) over softmax(x/t) and each metric (euc, cos "
                                     "over raw logits; tri, jsd, hellinger, kld over softmax), per temperature, for a "
                                     "stored point (--id), a vector (--vector-file), --queries N random stored "
-                                    "points, or all pairs (--mode many_to_many); --plot writes Shepard diagrams.")
+                                    "points, or all pairs (--mode many_to_many); -t auto sweeps the temperatures, --labels adds the "
+                                    "semantic check, --plot DIR writes the pictures.")
     ev.add_argument("name", help="collection name")
     ev_query = ev.add_mutually_exclusive_group()
     ev_query.add_argument("--id", help="a stored point as the query (left out of the compared set)")

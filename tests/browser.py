@@ -67,9 +67,13 @@ class Browser:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session; skips where no browser or no playwright exists."""
+    """One headless Chromium per test module; skips where no browser or no playwright exists.
+
+    Module scope, not session: playwright's sync API keeps an asyncio loop running on the main
+    thread while it is open, and every later test that calls asyncio.run() (the async client,
+    the body-limit tests) would fail with "cannot be called from a running event loop"."""
     exe = chromium_path()
     if exe is None:
         pytest.skip("no chromium on this machine (apt-get install chromium)")

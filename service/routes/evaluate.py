@@ -365,12 +365,13 @@ def _codes(values: list[Any]) -> tuple[np.ndarray, int]:
     return codes, len(seen)
 
 
-def _labels(request: Request, name: str, field: str, ids: list[Any], k: int
+def _labels(request: Request, name: str, field: str, ids: list[Any], k: int, extra: list[Any]
             ) -> tuple[np.ndarray, LabelsInfoOut]:
-    """Label codes of the sample's points `ids` (and of any extra ids after them) and what was read."""
+    """Label codes of the sample's points `ids`, then of the `extra` ids (a stored query outside the
+    sample), from one code book; and what was read from the sample."""
     if not field or len(field) > 256:
         raise InvalidInput("labels", f"must name a payload field (1-256 characters), got {field!r}")
-    codes, distinct = _codes(_backend(request).payload_values(name, ids, field))
+    codes, distinct = _codes(_backend(request).payload_values(name, [*ids, *extra], field))
     labelled = int((codes[:len(ids)] >= 0).sum())
     if labelled == 0:
         raise InvalidInput("labels", f"no point of the sample has a payload field {field!r}; ingest payloads "
@@ -452,7 +453,7 @@ def run_evaluation(name: str, body: EvaluateIn, request: Request) -> EvaluateOut
     if body.labels is not None:
         # a stored query outside a sampled set is labelled too: its code is the last one
         outside = body.id is not None and not any(v == body.id and type(v) is type(body.id) for v in ids)
-        codes, labels = _labels(request, name, body.labels, [*ids, body.id] if outside else ids, body.k)
+        codes, labels = _labels(request, name, body.labels, ids, body.k, [body.id] if outside else [])
         query_code = int(codes[-1]) if outside else None
         codes = codes[:len(ids)]
     out = {"collection": name, "sample": sample, "auto": _auto_out(auto), "labels": labels}

@@ -133,3 +133,15 @@ def test_real_imagenet_crops_label_check_equals_the_brute_force_count(imagenet):
             assert res.labels[m].map == pytest.approx(np.mean([p[m][1] for p in per]), abs=1e-12), m
         # crops of one photo are near each other: far above the chance rate (~1/250)
         assert res.labels["tri"].agreement > 0.3
+
+
+def test_label_check_on_the_parallel_path_equals_the_brute_force_count(rng):
+    # 12,000 x 12 = 144k elements: above core.divergences._PARALLEL_MIN, the kernel runs threaded
+    X, y = clustered(rng, 12_000, 12, 40)
+    qe = evaluate_queries(X.astype(np.float32), 4.0, n_queries=3, seed=9, labels=y, k=25)
+    A = X.astype(np.float32).astype(np.float64)
+    per = [brute(A[q], np.delete(A, q, axis=0), list(np.delete(y, q)), int(y[q]), 4.0, 25) for q in qe.query_rows]
+    for m in SEARCHABLE:
+        s = qe.results[0].labels[m]
+        assert s.agreement == pytest.approx(np.mean([p[m][0] for p in per]), abs=1e-12), m
+        assert s.map == pytest.approx(np.mean([p[m][1] for p in per]), abs=1e-12), m

@@ -195,3 +195,25 @@ def test_the_routes_need_only_the_read_key(tmp_path, data):
         assert c.post(f"{C}/a/evaluate/sweep.png", headers=read,
                       json={"id": ids[0], "temperatures": [1, 10]}).status_code == 200
         assert c.get(f"{C}/a/report").status_code == 401
+
+
+def test_a_stored_query_outside_the_sample_keeps_its_own_label(client, data):
+    X, y, _ = data
+    codes = np.where(np.arange(N) % 10 == 0, -1, y)
+    for seed in range(20):  # a seed whose uniform sample of 100 leaves p11 out
+        body = client.post(f"{C}/s/evaluate", json={"id": "p11", "temperature": 2, "labels": "cls", "sample": 100,
+                                                    "seed": seed}).json()
+        if body["results"][0]["n"] == 100:
+            break
+    else:
+        pytest.fail("every sample held p11")
+    # the sample as the backend draws it: sorted internal ids, which follow insertion order here
+    rows = np.sort(np.random.default_rng(seed).choice(N, size=100, replace=False))
+    assert 11 not in rows
+    rho = client.post(f"{C}/s/evaluate", json={"vector": X[11].tolist(), "temperature": 2, "sample": 100,
+                                               "seed": seed}).json()["results"][0]["rho"]["tri"]["value"]
+    assert body["results"][0]["rho"]["tri"]["value"] == rho  # the same compared rows
+    want = brute(X[11].astype(np.float64), X[rows].astype(np.float64), list(codes[rows]), int(codes[11]), 2.0, 10)
+    got = body["results"][0]["labels"]
+    for m in SEARCHABLE:
+        assert (got[m]["agreement"], got[m]["map"]) == pytest.approx(want[m], abs=1e-12)
