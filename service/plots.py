@@ -118,7 +118,8 @@ def roughness_png(curve: Sequence[tuple[float, float]], *, target: float = 1e-6,
     if reached is not None:
         ax.axvline(reached, color="C3", linestyle=":", linewidth=1, label=f"t = {reached:.3g} reaches it")
     if sweep:
-        ax.axvspan(min(sweep), max(sweep), color="C2", alpha=0.12, label=f"sweep: {len(sweep)} temperatures")
+        ax.axvspan(min(sweep), max(sweep), color="C2", alpha=0.12,
+                   label=f"auto sweep: t = {min(sweep):.3g} to {max(sweep):.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("temperature t (log scale)")
