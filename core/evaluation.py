@@ -13,15 +13,22 @@ own order of the rows. Three forms:
 - `evaluate_queries`: n random rows as queries, each against the others; rho summarised per metric
   (mean, median, min, max, std), the paper's "repeated with many different elements" as one call.
 
-Plus `shepard_data` (the points and isotonic line of a Shepard diagram) and `roughness_guide`
-(eqs. 16-17, section 10.2: the temperature at which the mean roughness reaches a target).
+Plus `shepard_data` (the points and isotonic line of a Shepard diagram), `roughness_guide`
+(eqs. 16-17, section 10.2: the temperature at which the mean roughness reaches a target) and
+`auto_temperatures` (a sweep over the range where the mean roughness falls from 1e-1 to 1e-6).
+
+Each temperature's recommendation names a metric the user can search with (issue 14): the best of
+the searchable stand-ins for CED (euc, cos, tri), ties going to the cheaper one; the best
+evaluation-only metric (jsd, hellinger; kld in many_to_many) is reported beside it. With label codes
+the one_to_many forms also score each searchable metric's exact k nearest neighbours against the
+labels (`core.labels`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +38,7 @@ import numpy.typing as npt
 from core import _kernels as K
 from core.divergences import ALL_COLUMNS, _blocks
 from core.errors import InvalidInput, LimitExceeded
+from core.labels import Codes, LabelScore, LabelTally, check_codes, check_k
 from core.ranks import RankMode, Rho, SharedRanks
 from core.roughness import RoughnessTemperature, mean_roughness, roughness, temperature_for_roughness
 from core.softmax import log_softmax
@@ -54,6 +62,28 @@ MANY_TO_MANY_MAX_ROWS = 1_000
 MAX_QUERIES = 100
 MAX_TEMPERATURES = 32
 
+#: the metrics an index can be built for and searched with, cheapest to keep first. Measured per
+#: query (benchmarks/metric_cost.py: flat, 20k-50k ImageNet rows, k = 10) the four cost about the same
+#: (within ~2x of each other; ced's inner-product pass was even the fastest in batches), so
+#: "cheaper" is what a metric makes the user keep: euc and cos search the raw logits, ONE index
+#: serves every temperature and a query needs no softmax; tri and ced need an index (n x d float32,
+#: a softmax of every row to build) per temperature. euc is put before cos (the same cost; the
+#: paper's and our evaluations find euc the closer to CED). Ties in rho go to the cheaper metric.
+SEARCHABLE: tuple[str, ...] = ("euc", "cos", "tri", "ced")
+#: said wherever a tie is broken
+CHEAPER = ("euc, cos (raw logits: one index for every temperature, no softmax) before tri (an index per "
+           "temperature)")
+#: the searchable metrics an evaluation compares with CED (ced is the reference: rho 1 by definition)
+STAND_INS: tuple[str, ...] = ("euc", "cos", "tri")
+#: two rhos of one query within this are a tie: equal to the 4th decimal, as printed
+TIE_RHO = 1e-4
+#: over many queries, two mean rhos within this many standard errors of their paired per-query
+#: difference (or within TIE_RHO) are a tie: the sample cannot tell them apart
+TIE_STANDARD_ERRORS = 2.0
+#: `auto_temperatures`: points of the sweep, and the mean roughness at its two ends (section 10.2)
+AUTO_POINTS = 8
+AUTO_ROUGHNESS = (1e-1, 1e-6)
+
 _COLUMN = {name: i for i, name in enumerate(ALL_COLUMNS)}
 _MR = len(ALL_COLUMNS)  # the kernel's extra column: MR(p) of each row (eq. 17)
 
@@ -65,8 +95,12 @@ _MR = len(ALL_COLUMNS)  # the kernel's extra column: MR(p) of each row (eq. 17)
 class Recommendation:
     """What a temperature's rhos suggest.
 
-    best: the best-correlated metric. In one_to_many mode KLD is left out unless it is the only
-    metric: for a fixed query it is CED minus a constant (eq. 9), so its rho is 1 by construction.
+    best: the searchable stand-in (`STAND_INS`) to search with: among those whose rho is tied with
+    the highest (`tied`, within `tie_margin` of it; cheapest first), the cheapest; None when no
+    searchable metric has a defined rho. rho: its rho (the mean, for many queries).
+    evaluation_only: the best-correlated metric that cannot be searched (jsd, hellinger, and kld in
+    many_to_many; in one_to_many KLD is CED minus a constant for a fixed query, eq. 9, so its rho is
+    1 by construction and it is left out), with its rho.
     tri_exact: rho(CED, TRI) >= `threshold`; None when TRI was not evaluated or its rho is undefined.
     euc_beats_cos: rho(CED, EUC) > rho(CED, COS); None unless both are evaluated and defined.
     """
@@ -76,6 +110,11 @@ class Recommendation:
     euc_beats_cos: bool | None
     threshold: float
     advice: str
+    rho: float | None = None
+    tied: tuple[str, ...] = ()
+    tie_margin: float = TIE_RHO
+    evaluation_only: str | None = None
+    evaluation_only_rho: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +135,7 @@ class TemperatureResult:
     query_roughness: float | None
     mean_roughness: float
     seconds: float
+    labels: dict[str, LabelScore] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,8 +166,10 @@ class RhoSummary:
 
 @dataclass(frozen=True)
 class TemperatureSummary:
-    """One temperature of `evaluate_queries`. The recommendation is judged on the mean rhos;
-    query_roughness is the mean MR of the queries, mean_roughness the mean MR of all rows."""
+    """One temperature of `evaluate_queries`. The recommendation is judged on the mean rhos, ties
+    within `TIE_STANDARD_ERRORS` standard errors of the paired per-query difference; query_roughness
+    is the mean MR of the queries, mean_roughness the mean MR of all rows. labels: per searchable
+    metric, when label codes were given."""
 
     t: float
     n_queries: int
@@ -138,6 +180,7 @@ class TemperatureSummary:
     query_roughness: float
     mean_roughness: float
     seconds: float
+    labels: dict[str, LabelScore] | None = None
 
 
 @dataclass(frozen=True)
@@ -278,34 +321,104 @@ def _ranked(values: dict[str, float]) -> tuple[str, ...]:
     return tuple(sorted(defined, key=lambda m: -values[m])) + tuple(undefined)
 
 
-def _recommend(values: dict[str, float], mode: Mode, t: float) -> Recommendation:
-    ranked = [m for m in _ranked(values) if not math.isnan(values[m])]
-    candidates = [m for m in ranked if not (mode == "one_to_many" and m == "kld")] or ranked
-    best = candidates[0] if candidates else None
+def _one_query_margin(a: str, b: str) -> float:
+    return TIE_RHO
+
+
+def _recommend(values: dict[str, float], mode: Mode, t: float,
+               margin: Callable[[str, str], float] = _one_query_margin,
+               margin_text: str = f"{TIE_RHO:g}") -> Recommendation:
+    """The recommendation at one t from each metric's rho (or mean rho); `margin(top, other)` is the
+    difference within which `other` counts as tied with the top searchable metric."""
+    defined = {m: v for m, v in values.items() if not math.isnan(v)}
+    searchable = [m for m in STAND_INS if m in defined]  # cheapest first
+    best: str | None = None
+    rho: float | None = None
+    tied: tuple[str, ...] = ()
+    tie = TIE_RHO
+    if searchable:
+        top = max(searchable, key=lambda m: defined[m])
+        tied = tuple(m for m in searchable if defined[top] - defined[m] <= margin(top, m))
+        best, rho = tied[0], defined[tied[0]]
+        tie = max((margin(top, m) for m in tied), default=TIE_RHO)
+    others = [m for m in defined if m not in STAND_INS and not (mode == "one_to_many" and m == "kld")]
+    if not others and not searchable and "kld" in defined:
+        others = ["kld"]
+    other = max(others, key=lambda m: defined[m]) if others else None
     tri = values.get("tri", math.nan)
     tri_exact = None if math.isnan(tri) else bool(tri >= TRI_EXACT_RHO)
     euc, cos = values.get("euc", math.nan), values.get("cos", math.nan)
     euc_beats_cos = None if math.isnan(euc) or math.isnan(cos) else bool(euc > cos)
     parts = []
-    if best is None:
-        parts.append(f"at t={t:g} no metric has a defined rank correlation with CED")
+    if best is None or rho is None:
+        parts.append(f"at t={t:g} no searchable metric (euc, cos, tri) has a defined rank correlation with CED")
     else:
-        parts.append(f"at t={t:g}, {best} keeps CED's order best (rho {values[best]:.4f})")
+        parts.append(f"at t={t:g}, search with {best} (rho {rho:.4f})")
+        if len(tied) > 1:
+            rest = ", ".join(f"{m} {defined[m]:.4f}" for m in tied[1:])
+            parts.append(f"it ties with {rest} (within {margin_text}) and ties go to the cheaper searchable "
+                         f"metric: {CHEAPER}")
+        if rho < TRI_EXACT_RHO:
+            parts.append(f"no searchable stand-in reaches rho {TRI_EXACT_RHO}: search ced at t={t:g} (the "
+                         "reference itself, exact) when CED's own order matters")
+    if other is not None:
+        parts.append(f"best evaluation-only metric: {other} (rho {defined[other]:.4f}; not searchable)")
     if tri_exact is not None:
         verdict = "is" if tri_exact else "is not"
         parts.append(f"tri {verdict} an exact stand-in for CED (rho {tri:.4f}, threshold {TRI_EXACT_RHO})")
     if euc_beats_cos is not None:
         parts.append(f"euc {'beats' if euc_beats_cos else 'does not beat'} cos ({euc:.4f} vs {cos:.4f})")
-    return Recommendation(best, tri_exact, euc_beats_cos, TRI_EXACT_RHO, "; ".join(parts))
+    return Recommendation(best, tri_exact, euc_beats_cos, TRI_EXACT_RHO, "; ".join(parts), rho, tied, tie,
+                          other, None if other is None else defined[other])
+
+
+def _paired_margin(per_query: dict[str, list[float]]) -> Callable[[str, str], float]:
+    """`TIE_STANDARD_ERRORS` standard errors (ddof 1) of the mean per-query difference of two
+    metrics' rhos over the queries where both are defined, at least `TIE_RHO`."""
+    def margin(a: str, b: str) -> float:
+        d = np.asarray(per_query[a], dtype=np.float64) - np.asarray(per_query[b], dtype=np.float64)
+        d = d[~np.isnan(d)]
+        se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else 0.0
+        return max(TIE_RHO, TIE_STANDARD_ERRORS * se)
+    return margin
+
+
+def smallest_reaching(results: Sequence[TemperatureResult | TemperatureSummary], metric: str,
+                      threshold: float = TRI_EXACT_RHO) -> float | None:
+    """The smallest temperature at which `metric`'s rho (mean rho for summaries) is >= threshold,
+    None when it reaches it at none of them."""
+    reached = [r.t for r in results if metric in r.rho and _value(r.rho[metric]) >= threshold]
+    return min(reached) if reached else None
+
+
+def _value(r: Rho | RhoSummary) -> float:
+    v = r.value if isinstance(r, Rho) else r.mean
+    return -math.inf if math.isnan(v) else v
 
 
 def _result(t: float, C: Floats, metrics: tuple[str, ...], ranks: RankMode, mode: Mode,
-            query_mr: float | None, mean_mr: float, started: float) -> TemperatureResult:
+            query_mr: float | None, mean_mr: float, started: float,
+            labels: dict[str, LabelScore] | None = None) -> TemperatureResult:
     rho = _rhos(C, metrics, ranks)
     values = {m: r.value for m, r in rho.items()}
     return TemperatureResult(t=t, n=C.shape[0], rho=rho, ranked=_ranked(values),
                              recommendation=_recommend(values, mode, t), query_roughness=query_mr,
-                             mean_roughness=mean_mr, seconds=time.perf_counter() - started)
+                             mean_roughness=mean_mr, seconds=time.perf_counter() - started, labels=labels)
+
+
+#: the column of each searchable metric's distance in `_columns` (CED is column 0)
+_DISTANCE = {m: _COLUMN[m] for m in SEARCHABLE}
+
+
+def _tallies(k: int) -> dict[str, LabelTally]:
+    return {m: LabelTally(k) for m in SEARCHABLE}
+
+
+def _tally(tallies: dict[str, LabelTally], C: Floats, codes: Codes, label: int) -> None:
+    """One query's exact k-NN under each searchable metric (the distances of `C`, float64) against
+    the labels `codes` of its compared rows."""
+    for m, tally in tallies.items():
+        tally.add(np.ascontiguousarray(C[:, _DISTANCE[m]]), codes, label)
 
 
 def _query_roughness(xv: Floats, t: float) -> float:
@@ -356,7 +469,8 @@ def _compared_columns(xv: Floats, A: npt.NDArray[Any], t: float, exclude: int | 
 
 def evaluate(X: Any, temperatures: Any, *, query: Any = None, exclude: int | None = None,
              metrics: Sequence[str] | str | None = None, mode: Mode = "one_to_many",
-             ranks: RankMode = "average") -> Evaluation:
+             ranks: RankMode = "average", labels: Any = None, query_label: int | None = None,
+             k: int = 10) -> Evaluation:
     """Spearman's rho of CED(q : p) at each temperature against each metric (paper sections 3, 9).
 
     X: (n, d) logits (float32 or float64). one_to_many: `query` is the query's logits (d,); if it is
@@ -364,7 +478,9 @@ def evaluate(X: Any, temperatures: Any, *, query: Any = None, exclude: int | Non
     the compared set either way. many_to_many: no query; all n (n - 1) / 2 pairs, the earlier row
     first, n <= `MANY_TO_MANY_MAX_ROWS`. ranks: "average" (scipy's, for ties) or "paper" (the MATLAB
     tie-breaking of `core.ranks.paper_ranks`, CED first). euc and cos use the raw logits; the other
-    metrics softmax(x/t). Raises InvalidInput naming the field for bad input.
+    metrics softmax(x/t). labels (one_to_many): a label code per row of X (`core.labels`; -1 none);
+    each searchable metric's k nearest compared rows are scored against the query's label,
+    `query_label` or, when None, the label of row `exclude`. Raises InvalidInput naming the field.
     """
     started = time.perf_counter()
     _check_choice(mode, "mode", ("one_to_many", "many_to_many"))
@@ -379,6 +495,8 @@ def evaluate(X: Any, temperatures: Any, *, query: Any = None, exclude: int | Non
             raise InvalidInput("query", "many_to_many compares all pairs within the sample and takes no query")
         if n < 2:
             raise InvalidInput("sample", f"many_to_many needs at least 2 points, got {n}")
+        if labels is not None:
+            raise InvalidInput("labels", "the label check scores the neighbours of a query: not many_to_many")
         if n > MANY_TO_MANY_MAX_ROWS:
             raise LimitExceeded("sample", f"many_to_many compares at most {MANY_TO_MANY_MAX_ROWS} points "
                                 f"({MANY_TO_MANY_MAX_ROWS * (MANY_TO_MANY_MAX_ROWS - 1) // 2} pairs), got {n}")
@@ -389,11 +507,27 @@ def evaluate(X: Any, temperatures: Any, *, query: Any = None, exclude: int | Non
         return Evaluation(mode, ranks, names, n, tuple(results), time.perf_counter() - started)
 
     xv, ex = _the_query(A, query, exclude, "one_to_many")
+    codes: Codes | None = None
+    label: int | None = None
+    kk = 0
+    if labels is not None:
+        kk = check_k(k)
+        codes = check_codes(labels, n)
+        label = int(codes[ex]) if query_label is None and ex is not None else query_label
+        if label is None:
+            raise InvalidInput("labels", "a query vector has no label: give query_label or a stored query")
+        if ex is not None:
+            codes = np.delete(codes, ex)
     for t in ts:
         t0 = time.perf_counter()
         C = _compared_columns(xv, A, t, ex)
+        scores = None
+        if codes is not None and label is not None:
+            tallies = _tallies(kk)
+            _tally(tallies, C, codes, label)
+            scores = {m: tally.score() for m, tally in tallies.items()}
         results.append(_result(t, C, names, ranks, mode, _query_roughness(xv, t),
-                               float(C[:, _MR].mean()), t0))
+                               float(C[:, _MR].mean()), t0, scores))
     return Evaluation(mode, ranks, names, n - (ex is not None), tuple(results), time.perf_counter() - started)
 
 
@@ -408,9 +542,11 @@ def _summary(values: list[float]) -> RhoSummary:
 
 def evaluate_queries(X: Any, temperatures: Any, *, n_queries: int, seed: int = 0,
                      metrics: Sequence[str] | str | None = None,
-                     ranks: RankMode = "average") -> QueriesEvaluation:
+                     ranks: RankMode = "average", labels: Any = None, k: int = 10) -> QueriesEvaluation:
     """`n_queries` distinct random rows of X (seeded) each evaluated one_to_many against all other
-    rows; rho summarised per metric and temperature. Cost: one pass over X per query and t."""
+    rows; rho summarised per metric and temperature. Cost: one pass over X per query and t. With
+    `labels` (a code per row, -1 none), each searchable metric's exact k nearest other rows of each
+    labelled query are scored against its label, from the same pass."""
     started = time.perf_counter()
     _check_choice(ranks, "ranks", ("average", "paper"))
     names = check_metrics(metrics)
@@ -424,6 +560,8 @@ def evaluate_queries(X: Any, temperatures: Any, *, n_queries: int, seed: int = 0
     if n_queries > n:
         raise InvalidInput("queries.sample", f"{n_queries} queries but only {n} points to draw them from")
     _compared_count(n, 0)
+    codes = None if labels is None else check_codes(labels, n)
+    kk = check_k(k) if labels is not None else 0
     rows = np.random.default_rng(seed).choice(n, size=int(n_queries), replace=False)
     results: list[TemperatureSummary] = []
     for t in ts:
@@ -431,19 +569,27 @@ def evaluate_queries(X: Any, temperatures: Any, *, n_queries: int, seed: int = 0
         per_metric: dict[str, list[float]] = {m: [] for m in names}
         query_mr: list[float] = []
         mean_mr = math.nan
+        tallies = _tallies(kk) if codes is not None else None
         for r in rows:
             xv = np.ascontiguousarray(A[r], dtype=np.float64)
             C = _columns(xv, A, t)
             mean_mr = float(C[:, _MR].mean())
             query_mr.append(float(C[r, _MR]))
-            for m, rho in _rhos(np.delete(C, r, axis=0), names, ranks).items():
+            compared = np.delete(C, r, axis=0)
+            for m, rho in _rhos(compared, names, ranks).items():
                 per_metric[m].append(rho.value)
+            if tallies is not None and codes is not None:
+                _tally(tallies, compared, np.delete(codes, r), int(codes[r]))
         summaries = {m: _summary(v) for m, v in per_metric.items()}
         means = {m: s.mean for m, s in summaries.items()}
+        rec = _recommend(means, "one_to_many", t, _paired_margin(per_metric),
+                         f"{TIE_STANDARD_ERRORS:g} standard errors of the paired per-query difference, "
+                         f"at least {TIE_RHO:g}")
         results.append(TemperatureSummary(
             t=t, n_queries=len(rows), n=n - 1, rho=summaries, ranked=_ranked(means),
-            recommendation=_recommend(means, "one_to_many", t), query_roughness=float(np.mean(query_mr)),
-            mean_roughness=mean_mr, seconds=time.perf_counter() - t0))
+            recommendation=rec, query_roughness=float(np.mean(query_mr)),
+            mean_roughness=mean_mr, seconds=time.perf_counter() - t0,
+            labels=None if tallies is None else {m: tally.score() for m, tally in tallies.items()}))
     return QueriesEvaluation(ranks, names, n, tuple(int(r) for r in rows), tuple(results),
                              time.perf_counter() - started)
 
@@ -489,3 +635,84 @@ def roughness_guide(X: Any, *, target: float | None = None, temperatures: Any = 
     A = _rows(X)
     found = None if target is None else temperature_for_roughness(A, target)
     return RoughnessGuide(A.shape[0], found, tuple((t, mean_roughness(A, t)) for t in ts))
+
+
+@dataclass(frozen=True)
+class AutoSweep:
+    """`auto_temperatures`' answer: the sweep, and the temperatures found for its two ends
+    (`high`: mean MR ~ AUTO_ROUGHNESS[0], `low`: ~ AUTO_ROUGHNESS[1]) over `n` rows."""
+
+    temperatures: tuple[float, ...]
+    high: RoughnessTemperature
+    low: RoughnessTemperature
+    n: int
+
+
+def _round3(t: float) -> float:
+    return float(f"{t:.3g}")
+
+
+def auto_temperatures(X: Any, *, points: int = AUTO_POINTS, high: float = AUTO_ROUGHNESS[0],
+                      low: float = AUTO_ROUGHNESS[1]) -> AutoSweep:
+    """`points` log-spaced temperatures from where the mean MR of the rows (eq. 17) is `high` to
+    where it is `low` (section 10.2 suggests exploring down to ~1e-6), both found by
+    `core.roughness.temperature_for_roughness`, each rounded to 3 significant digits (within 0.5 %
+    of t, so the ends' mean MR stays within ~1 % of the targets: MR falls like t^-2 at high t).
+    An end the temperatures in [T_MIN, T_MAX] cannot reach is clamped (reachable=False). Raises
+    InvalidInput when the rows' roughness does not fall between the two (e.g. constant rows)."""
+    if isinstance(points, bool) or not isinstance(points, int) or not 2 <= points <= MAX_TEMPERATURES:
+        raise InvalidInput("points", f"must be a whole number in [2, {MAX_TEMPERATURES}], got {points!r}")
+    A = _rows(X)
+    a = temperature_for_roughness(A, high)
+    b = temperature_for_roughness(A, low)
+    if not b.t > a.t * (1 + 1e-3):
+        raise InvalidInput("temperatures", f"auto: the mean roughness of these rows is {a.roughness:.3g} to "
+                           f"{b.roughness:.3g} over every temperature, not falling from {high:g} to {low:g}: "
+                           "nothing to sweep; give temperatures")
+    ts = tuple(dict.fromkeys(_round3(float(t)) for t in np.geomspace(a.t, b.t, points)))
+    return AutoSweep(check_temperatures(ts), a, b, int(A.shape[0]))
+
+
+@dataclass(frozen=True)
+class SweepVerdict:
+    """What a sweep of temperatures says as a whole: the smallest temperature at which TRI and EUC
+    reach rho >= `threshold` (mean rho for many queries; None: at none of them), and the
+    recommendation: the smallest temperature whose recommended metric reaches the threshold, and
+    that metric (both None when none does)."""
+
+    tri_reaches: float | None
+    euc_reaches: float | None
+    temperature: float | None
+    metric: str | None
+    threshold: float
+    advice: str
+
+
+def sweep_verdict(results: Sequence[TemperatureResult | TemperatureSummary]) -> SweepVerdict:
+    """The verdict over the temperatures of one evaluation (in any order)."""
+    tri_t, euc_t = smallest_reaching(results, "tri"), smallest_reaching(results, "euc")
+    by_t = sorted(results, key=lambda r: r.t)
+    good = [r for r in by_t if r.recommendation.rho is not None and r.recommendation.rho >= TRI_EXACT_RHO]
+    ts = ", ".join(f"{r.t:g}" for r in by_t)
+
+    def reach(name: str, t: float | None) -> str:
+        if not any(name in r.rho for r in results):
+            return f"{name} was not evaluated"
+        return f"{name} reaches rho >= {TRI_EXACT_RHO} from t = {t:g}" if t is not None \
+            else f"{name} reaches rho {TRI_EXACT_RHO} at none of them"
+
+    parts = [f"over t = {ts}: {reach('tri', tri_t)}; {reach('euc', euc_t)}"]
+    if good:
+        r = good[0]
+        metric = r.recommendation.best
+        where = f"{metric} over raw logits" if metric in ("euc", "cos") else f"{metric} at t = {r.t:g}"
+        parts.append(f"recommended: search with {where} (rho {r.recommendation.rho:.4f} against CED at t = {r.t:g}, "
+                     "the smallest temperature of the sweep at which a searchable metric keeps CED's order)")
+        return SweepVerdict(tri_t, euc_t, r.t, metric, TRI_EXACT_RHO, "; ".join(parts))
+    rated = [r for r in by_t if r.recommendation.rho is not None]
+    if rated:
+        top = max(rated, key=lambda r: r.recommendation.rho or -1.0)
+        parts.append(f"no searchable metric keeps CED's order here (highest: {top.recommendation.best} "
+                     f"{top.recommendation.rho:.4f} at t = {top.t:g}): search ced itself, or sweep higher "
+                     "temperatures")
+    return SweepVerdict(tri_t, euc_t, None, None, TRI_EXACT_RHO, "; ".join(parts))

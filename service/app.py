@@ -21,7 +21,7 @@ from service.lifecycle import CutOffAtShutdown, hold_data_dir, refuse, release_d
 from service.limits import install_limits, problem_response
 from service.observability import install_observability
 from service.problems import document_problems, install_problem_handlers
-from service.routes import collections, evaluate, health, points, search, snapshots
+from service.routes import collections, evaluate, health, points, report, search, snapshots
 from service.settings import Settings, load_settings
 from service.snapshots import Snapshots
 
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
     app.state.backend = backend
     app.state.snapshots = Snapshots(backend)
     install_problem_handlers(app)
-    for module in (health, collections, points, search, evaluate, snapshots):
+    for module in (health, collections, points, search, evaluate, report, snapshots):
         # Flat on the app, not app.include_router: this FastAPI nests included routers in one
         # _IncludedRouter, and auth and observability look each route up by its own path template.
         app.router.routes.extend(module.router.routes)

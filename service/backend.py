@@ -1001,6 +1001,15 @@ class Backend:
             raise NotFound(f"point {ext!r} not found in collection {name!r}")
         return iset.vectors(np.array([iid]))[0]
 
+    def payload_values(self, name: str, ids: Sequence[Ext], key: str) -> list[Any]:
+        """The value of payload field `key` of each point of `ids`, None where the point, its payload or
+        the field is missing (read from SQLite): the labels of an evaluation (issue 14)."""
+        coll = self._get(name)
+        iids = [coll.iid_of.get(e) for e in ids]
+        found = self.store.points(coll.cid, [i for i in iids if i is not None], vector=False, payload=True)
+        rows = [found.get(i) if i is not None else None for i in iids]
+        return [r.payload.get(key) if r is not None and isinstance(r.payload, dict) else None for r in rows]
+
     def evaluate_data(self, name: str, sample: int, seed: int,
                       selection: Selection | None = None) -> tuple[list[Ext], F32]:
         """`sample` points drawn uniformly without replacement (seeded; all of them if sample >= count),

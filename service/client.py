@@ -70,6 +70,7 @@ class SearchHits:
     units: str
     payloads: list[dict[str, Any] | None] | None = None
     vectors: npt.NDArray[np.float32] | None = None
+    raw: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # the server's JSON
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def _hits(d: dict[str, Any]) -> SearchHits:
                       metric=d["metric"], temperature=d["temperature"], index=d["index"], how=d["how"],
                       took_ms=d["took_ms"], formula=d["formula"], units=d["units"],
                       payloads=[h.get("payload") for h in hits] if not hits or "payload" in hits[0] else None,
-                      vectors=vectors)
+                      vectors=vectors, raw=d)
 
 
 def _points(d: dict[str, Any]) -> Points:
@@ -204,6 +205,16 @@ def _npy_pieces(source: str | Path | npt.NDArray[Any], progress: Callable[[int],
                 progress(len(piece))
             yield piece
     return int(X.shape[0]), from_array()
+
+
+
+def _writer(path: str | Path | None) -> Callable[[httpx.Response], bytes]:
+    """A parse that returns the body's bytes and writes them to `path` when given."""
+    def parse(r: httpx.Response) -> bytes:
+        if path is not None:
+            Path(path).write_bytes(r.content)
+        return r.content
+    return parse
 
 
 class _Api:
@@ -403,24 +414,71 @@ class _Api:
 
     # --- evaluation (service/routes/evaluate.py) ---------------------------------------------------
 
-    def evaluate(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
-                 temperatures: float | Sequence[float] = 10.0, metrics: Sequence[str] | None = None,
-                 sample: int | None = None, seed: int = 0, mode: str = "one_to_many", ranks: str = "average",
-                 queries: int | None = None, queries_seed: int = 0, filter: dict[str, Any] | None = None) -> Any:
-        """Spearman's rho of CED against each metric, per temperature, for the query `vector` or stored
-        `id`, or for `queries` random stored queries (summarised), or all pairs (mode many_to_many).
-        Returns the response as a dict: `results` (or `summary`), `sample`, the recommendation..."""
+    @staticmethod
+    def _evaluate_body(vector: npt.ArrayLike | None, id: Id | None, temperatures: float | Sequence[float] | str,
+                       metrics: Sequence[str] | None, sample: int | None, seed: int, mode: str, ranks: str,
+                       queries: int | None, queries_seed: int, labels: str | None, k: int | None,
+                       filter: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"mode": mode, "ranks": ranks, "seed": int(seed),
-                                "temperatures": [float(t) for t in np.atleast_1d(temperatures)]}
+                                "temperatures": "auto" if isinstance(temperatures, str) and temperatures == "auto"
+                                else [float(t) for t in np.atleast_1d(temperatures)]}
         if vector is not None:
             body["vector"] = np.asarray(vector, dtype=np.float64).ravel().tolist()
         for key, value in (("id", id), ("metrics", None if metrics is None else list(metrics)),
-                           ("sample", sample), ("filter", filter)):
+                           ("sample", sample), ("labels", labels), ("k", k), ("filter", filter)):
             if value is not None:
                 body[key] = value
         if queries is not None:
             body["queries"] = {"sample": int(queries), "seed": int(queries_seed)}
+        return body
+
+    def evaluate(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
+                 temperatures: float | Sequence[float] | str = 10.0, metrics: Sequence[str] | None = None,
+                 sample: int | None = None, seed: int = 0, mode: str = "one_to_many", ranks: str = "average",
+                 queries: int | None = None, queries_seed: int = 0, labels: str | None = None,
+                 k: int | None = None, filter: dict[str, Any] | None = None) -> Any:
+        """Spearman's rho of CED against each metric, per temperature (or `temperatures="auto"`), for
+        the query `vector` or stored `id`, or for `queries` random stored queries (summarised), or all
+        pairs (mode many_to_many); `labels` names a payload field for the label check (k neighbours).
+        Returns the response as a dict: `results` (or `summary`), `sample`, the recommendation..."""
+        body = self._evaluate_body(vector, id, temperatures, metrics, sample, seed, mode, ranks, queries,
+                                   queries_seed, labels, k, filter)
         return self._send(_Call("POST", f"/v1/collections/{name}/evaluate", _json, json=body))
+
+    def sweep_png(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
+                  temperatures: float | Sequence[float] | str = "auto", metrics: Sequence[str] | None = None,
+                  sample: int | None = None, seed: int = 0, ranks: str = "average", queries: int | None = None,
+                  queries_seed: int = 0, labels: str | None = None, k: int | None = None,
+                  path: str | Path | None = None, filter: dict[str, Any] | None = None) -> Any:
+        """rho against temperature as PNG bytes (with the label panel when `labels` is given); also
+        written to `path` if given. Takes what `evaluate` takes."""
+        body = self._evaluate_body(vector, id, temperatures, metrics, sample, seed, "one_to_many", ranks, queries,
+                                   queries_seed, labels, k, filter)
+        return self._send(_Call("POST", f"/v1/collections/{name}/evaluate/sweep.png", _writer(path), json=body))
+
+    def roughness_png(self, name: str, *, sample: int | None = None, seed: int = 0,
+                      path: str | Path | None = None) -> Any:
+        """Mean roughness against temperature (log-log) as PNG bytes; also written to `path` if given."""
+        params: dict[str, Any] = {"seed": int(seed)}
+        if sample is not None:
+            params["sample"] = int(sample)
+        return self._send(_Call("GET", f"/v1/collections/{name}/roughness.png", _writer(path), params=params))
+
+    def report(self, name: str, *, labels: str | None = None, queries: int | None = None,
+               temperatures: Sequence[float] | str = "auto", k: int | None = None, sample: int | None = None,
+               seed: int = 0, path: str | Path | None = None) -> Any:
+        """The self-contained HTML report as text; also written to `path` if given."""
+        params: dict[str, Any] = {"seed": int(seed), "temperatures": temperatures if isinstance(temperatures, str)
+                                  else ",".join(repr(float(t)) for t in temperatures)}
+        for key, value in (("labels", labels), ("queries", queries), ("k", k), ("sample", sample)):
+            if value is not None:
+                params[key] = value
+
+        def parse(r: httpx.Response) -> str:
+            if path is not None:
+                Path(path).write_text(r.text, encoding="utf-8")
+            return r.text
+        return self._send(_Call("GET", f"/v1/collections/{name}/report", parse, params=params))
 
     def roughness(self, name: str, target: float | None = None, temperatures: Sequence[float] | None = None,
                   *, sample: int | None = None, seed: int = 0) -> Any:
@@ -436,12 +494,19 @@ class _Api:
 
     def shepard(self, name: str, vector: npt.ArrayLike | None = None, *, id: Id | None = None,
                 temperature: float = 10.0, metric: str = "tri", sample: int | None = None, seed: int = 0,
-                ranks: str = "average", max_points: int = 10_000, width: int = 800, height: int = 600,
-                path: str | Path | None = None, filter: dict[str, Any] | None = None) -> Any:
-        """The Shepard diagram (CED vs `metric`) as PNG bytes; also written to `path` if given."""
-        body: dict[str, Any] = {"temperature": float(temperature), "metric": metric, "seed": int(seed),
-                                "ranks": ranks, "max_points": int(max_points), "width": int(width),
-                                "height": int(height)}
+                ranks: str = "average", max_points: int = 10_000, width: int | None = None,
+                height: int | None = None, path: str | Path | None = None,
+                temperatures: Sequence[float] | str | None = None, filter: dict[str, Any] | None = None) -> Any:
+        """The Shepard diagram (CED vs `metric`) as PNG bytes; also written to `path` if given. With
+        `temperatures` (several, or "auto"): a grid, one panel per temperature."""
+        body: dict[str, Any] = {"metric": metric, "seed": int(seed), "ranks": ranks, "max_points": int(max_points)}
+        if temperatures is None:
+            body["temperature"] = float(temperature)
+        else:
+            body["temperatures"] = temperatures if isinstance(temperatures, str) else [float(t) for t in temperatures]
+        for key, value in (("width", width), ("height", height)):
+            if value is not None:
+                body[key] = int(value)
         if vector is not None:
             body["vector"] = np.asarray(vector, dtype=np.float64).ravel().tolist()
         if id is not None:
@@ -450,12 +515,8 @@ class _Api:
             body["sample"] = int(sample)
         if filter is not None:
             body["filter"] = filter
+        return self._send(_Call("POST", f"/v1/collections/{name}/evaluate/shepard.png", _writer(path), json=body))
 
-        def parse(r: httpx.Response) -> bytes:
-            if path is not None:
-                Path(path).write_bytes(r.content)
-            return r.content
-        return self._send(_Call("POST", f"/v1/collections/{name}/evaluate/shepard.png", parse, json=body))
 
     # --- snapshots (service/snapshots.py) ----------------------------------------------------------
 

@@ -112,7 +112,7 @@ class CollectionOut(BaseModel):
     name: str
     dim: int
     metrics: list[Metric]
-    temperatures: list[float]
+    temperatures: list[float] = Field(description="every temperature a tri or ced index is ready or building at")
     index: IndexConfig
     count: int = Field(description="points stored")
     last_operation_id: int = Field(description="sequence number of the last acknowledged write")

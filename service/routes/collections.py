@@ -35,9 +35,15 @@ def index_out(info: IndexInfo) -> IndexOut:
                     status=info.status, progress=round(info.progress, 4), vectors=info.vectors, error=info.error)
 
 
+def indexed_temperatures(info: CollectionInfo) -> list[float]:
+    """Every temperature a tri or ced index is ready or building at (issue 14: one added later with
+    POST .../indexes is listed too, not only those the collection was created with)."""
+    return sorted({i.spec.temperature for i in info.indexes if i.spec.temperature is not None and i.status != "failed"})
+
+
 def collection_out(info: CollectionInfo) -> CollectionOut:
     c = info.config
-    return CollectionOut(name=info.name, dim=c.dim, metrics=list(c.metrics), temperatures=list(c.temperatures),
+    return CollectionOut(name=info.name, dim=c.dim, metrics=list(c.metrics), temperatures=indexed_temperatures(info),
                          index=IndexConfig(kind=c.kind, params=dict(c.params)), count=info.count,  # type: ignore[arg-type]
                          last_operation_id=info.last_operation_id, status=info.status,
                          indexes=[index_out(i) for i in info.indexes], payload_index=list(c.payload_index))

@@ -1,5 +1,8 @@
 """The evaluation endpoint (issue 5): which metric keeps the network's cross-entropy order, on the
-collection's own logits; roughness guidance for picking t; Shepard diagrams as PNG.
+collection's own logits; roughness guidance for picking t; Shepard diagrams as PNG. Issue 14: the
+recommendation names a searchable metric (and whether it is indexed, or the request that builds it),
+`temperatures: "auto"` sweeps the range the roughness machinery finds, `labels` adds the semantic
+check, and the sweep, roughness curve and a Shepard grid come as PNG (`service.plots`).
 
 The maths is `core.evaluation`; this module turns requests into calls to it over a sample of the
 collection from the backend's `evaluate_data`, and its dataclasses into the wire format below.
@@ -7,6 +10,7 @@ collection from the backend's `evaluate_data`, and its dataclasses into the wire
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Annotated, Any, Literal
@@ -18,19 +22,30 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import InvalidInput, LimitExceeded
 from core.evaluation import (
+    AUTO_ROUGHNESS,
+    CHEAPER,
     EVAL_METRICS,
     MANY_TO_MANY_MAX_ROWS,
     MAX_QUERIES,
+    TIE_RHO,
+    TIE_STANDARD_ERRORS,
     TRI_EXACT_RHO,
+    AutoSweep,
     Recommendation,
     RhoSummary,
+    SweepVerdict,
+    auto_temperatures,
     check_temperatures,
     evaluate,
     evaluate_queries,
     roughness_guide,
     shepard_data,
+    sweep_verdict,
 )
+from core.labels import MAX_LABEL_K, LabelScore
 from core.ranks import Rho
+from core.roughness import RoughnessTemperature, temperature_for_roughness
+from core.validate import T_MAX, T_MIN
 from service import filters
 from service.problems import ProblemRoute
 from service.schemas import FilterIn, PointId
@@ -57,7 +72,11 @@ PAIR_ORDER = ("many_to_many scores every pair i < j of the sample (scipy pdist o
 class QueriesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sample: int = Field(description=f"how many random stored points to use as queries (1..{MAX_QUERIES})")
-    seed: int = Field(0, description="seed of the draw of the queries")
+    seed: int = Field(0, ge=0, description="seed of the draw of the queries")
+
+
+AUTO_TEXT = (f'"auto": ~8 log-spaced temperatures over the range where the mean measure of roughness (eq. 17) '
+             f"falls from {AUTO_ROUGHNESS[0]:g} to {AUTO_ROUGHNESS[1]:g} (section 10.2)")
 
 
 class EvaluateIn(BaseModel):
@@ -68,11 +87,15 @@ class EvaluateIn(BaseModel):
     id: PointId | None = Field(None, description="a stored point as the query (left out of the compared set)")
     vector: list[float] | None = Field(None, description="query logits, the collection's dimension")
     temperature: float | None = Field(None, description="one softmax temperature")
-    temperatures: list[float] | None = Field(None, description="a sweep, e.g. [1, 10, 100]")
+    temperatures: list[float] | str | None = Field(None, description=f"a sweep, e.g. [1, 10, 100], or {AUTO_TEXT}")
+    labels: str | None = Field(None, description="a payload field holding each point's label (e.g. the class): "
+                               "scores each searchable metric's exact k nearest neighbours against it "
+                               "(label agreement@k, mean average precision)")
+    k: int = Field(10, ge=1, le=MAX_LABEL_K, description="neighbours of the label check")
     metrics: list[str] | None = Field(None, description=f"compared with CED; default {', '.join(EVAL_METRICS)}")
     sample: int | None = Field(None, description="points to compare against, drawn uniformly (default: the whole "
                                f"collection up to {DEFAULT_SAMPLE:,}; {DEFAULT_PAIRS_SAMPLE} for many_to_many)")
-    seed: int = Field(0, description="seed of the uniform sample")
+    seed: int = Field(0, ge=0, description="seed of the uniform sample")
     mode: Literal["one_to_many", "many_to_many"] = "one_to_many"
     ranks: Literal["average", "paper"] = Field(
         "average", description="average: ties share their average rank (= scipy); paper: the tie-breaking of "
@@ -86,10 +109,12 @@ class ShepardIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: PointId | None = None
     vector: list[float] | None = None
-    temperature: float
+    temperature: float | None = Field(None, description="one temperature: one diagram")
+    temperatures: list[float] | str | None = Field(None, description="several: a grid, one panel per "
+                                                   f"temperature; or {AUTO_TEXT}")
     metric: str = Field(description=f"one of {', '.join(EVAL_METRICS)}")
     sample: int | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     ranks: Literal["average", "paper"] = "average"
     max_points: int = Field(MAX_SHEPARD_POINTS, ge=2, le=MAX_SHEPARD_POINTS, description="points drawn")
     width: int = Field(800, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
@@ -102,13 +127,77 @@ class RhoOut(BaseModel):
     reason: str | None = None
 
 
+class RoughnessAtOut(BaseModel):
+    temperature: float
+    mean_roughness: float
+
+
+class RoughnessTargetOut(BaseModel):
+    target: float
+    temperature: float = Field(description="t with mean MR = target (to 1e-6 relative in t)")
+    mean_roughness: float
+    reachable: bool = Field(description="false: the target lies outside what t in [0.01, 1e4] reaches; "
+                            "the nearest end is given")
+
+
+class BuildOut(BaseModel):
+    method: str
+    path: str
+    body: dict[str, Any] = Field(description="POST this to build the index (in the background)")
+
+
 class RecommendationOut(BaseModel):
-    best: str | None = Field(description="the best-correlated metric (kld left out in one_to_many: it is CED "
-                             "minus a constant for a fixed query, eq. 9)")
+    best: str | None = Field(description="the searchable metric (euc, cos, tri) to search with: of those tied with "
+                             f"the highest rho (within {TIE_RHO:g} for one query; for many, within "
+                             f"{TIE_STANDARD_ERRORS:g} standard errors of the paired per-query difference), the "
+                             f"cheapest: {CHEAPER}")
+    rho: float | None = Field(None, description="best's rho (mean rho for many queries)")
+    tied: list[str] = Field(default_factory=list, description="searchable metrics tied with the highest, "
+                            "cheapest first")
+    tie_margin: float = Field(TIE_RHO, description="the rho difference counted as a tie")
+    evaluation_only: str | None = Field(None, description="the best metric that cannot be searched (jsd, hellinger; "
+                                        "kld only in many_to_many: for a fixed query it is CED minus a constant)")
+    evaluation_only_rho: float | None = None
+    indexed: bool | None = Field(None, description="whether the collection has a ready index for best at this t")
+    build: BuildOut | None = Field(None, description="when not indexed: the request that builds it")
     tri_exact: bool | None = Field(description=f"rho(CED, TRI) >= threshold ({TRI_EXACT_RHO}): TRI is an exact "
                                    "stand-in for CED at this t")
     euc_beats_cos: bool | None
     threshold: float
+    advice: str
+
+
+class LabelOut(BaseModel):
+    k: int
+    agreement: float | None = Field(description="mean fraction of each labelled query's k nearest neighbours "
+                                    "(exact, the query left out) that share its label")
+    map: float | None = Field(description="mean average precision over the queries with a same-label point")
+    n_queries: int = Field(description="queries with a label")
+    n_map: int = Field(description="queries with at least one same-label point to find")
+
+
+class LabelsInfoOut(BaseModel):
+    field: str = Field(description="the payload field read as the label")
+    k: int
+    labelled: int = Field(description="points of the sample with a label")
+    distinct: int = Field(description="distinct labels among them")
+
+
+class AutoOut(BaseModel):
+    temperatures: list[float]
+    high: RoughnessTargetOut = Field(description=f"where the mean MR is ~{AUTO_ROUGHNESS[0]:g} (the sweep's start)")
+    low: RoughnessTargetOut = Field(description=f"where the mean MR is ~{AUTO_ROUGHNESS[1]:g} (its end)")
+    rows: int = Field(description="rows the roughness was measured on")
+
+
+class SweepOut(BaseModel):
+    tri_reaches: float | None = Field(description=f"smallest t with rho(CED, TRI) >= {TRI_EXACT_RHO}; null: none")
+    euc_reaches: float | None = Field(description=f"smallest t with rho(CED, EUC) >= {TRI_EXACT_RHO}; null: none")
+    temperature: float | None = Field(description="recommended: the smallest t whose recommended metric reaches it")
+    metric: str | None
+    threshold: float
+    indexed: bool | None = None
+    build: BuildOut | None = None
     advice: str
 
 
@@ -121,6 +210,7 @@ class TemperatureOut(BaseModel):
     query_roughness: float | None = Field(description="MR of the query at t (eq. 17)")
     mean_roughness: float = Field(description="mean MR of the compared rows at t")
     seconds: float
+    labels: dict[str, LabelOut] | None = Field(None, description="with `labels`: per searchable metric")
 
 
 class SummaryOut(BaseModel):
@@ -143,6 +233,7 @@ class QueriesTemperatureOut(BaseModel):
     query_roughness: float = Field(description="mean MR of the queries at t")
     mean_roughness: float
     seconds: float
+    labels: dict[str, LabelOut] | None = Field(None, description="with `labels`: per searchable metric")
 
 
 class SampleOut(BaseModel):
@@ -162,20 +253,10 @@ class EvaluateOut(BaseModel):
     sample: SampleOut
     results: list[TemperatureOut] | None = None
     summary: list[QueriesTemperatureOut] | None = Field(None, description="with `queries`: per temperature")
+    auto: AutoOut | None = Field(None, description='with temperatures "auto": how the sweep was found')
+    sweep: SweepOut | None = Field(None, description="with several temperatures: the verdict over them")
+    labels: LabelsInfoOut | None = None
     seconds: float
-
-
-class RoughnessAtOut(BaseModel):
-    temperature: float
-    mean_roughness: float
-
-
-class RoughnessTargetOut(BaseModel):
-    target: float
-    temperature: float = Field(description="t with mean MR = target (to 1e-6 relative in t)")
-    mean_roughness: float
-    reachable: bool = Field(description="false: the target lies outside what t in [0.01, 1e4] reaches; "
-                            "the nearest end is given")
 
 
 class RoughnessOut(BaseModel):
@@ -201,9 +282,47 @@ def _rho(r: Rho) -> RhoOut:
     return RhoOut(value=_finite(r.value), reason=r.reason)
 
 
-def _recommendation(r: Recommendation) -> RecommendationOut:
-    return RecommendationOut(best=r.best, tri_exact=r.tri_exact, euc_beats_cos=r.euc_beats_cos,
+def _build(name: str, indexes: list[Any], kind: str, metric: str | None, t: float) -> tuple[bool | None, BuildOut | None]:
+    """(is `metric` at t indexed and ready, the request that builds it when not)."""
+    if metric is None:
+        return None, None
+    free = metric in ("euc", "cos")  # over raw logits: one index serves every t
+    for info in indexes:
+        s = info.spec
+        if s.metric == metric and info.status == "ready" and (
+                free or (s.temperature is not None and math.isclose(s.temperature, t, rel_tol=1e-9))):
+            return True, None
+    body: dict[str, Any] = {"metric": metric, "kind": kind}
+    if not free:
+        body["temperature"] = t
+    return False, BuildOut(method="POST", path=f"/v1/collections/{name}/indexes", body=body)
+
+
+def _recommendation(r: Recommendation, where: tuple[str, list[Any], str] | None = None,
+                    t: float = 0.0) -> RecommendationOut:
+    indexed, build = _build(*where, r.best, t) if where is not None else (None, None)
+    return RecommendationOut(best=r.best, rho=r.rho, tied=list(r.tied), tie_margin=r.tie_margin,
+                             evaluation_only=r.evaluation_only, evaluation_only_rho=r.evaluation_only_rho,
+                             indexed=indexed, build=build, tri_exact=r.tri_exact, euc_beats_cos=r.euc_beats_cos,
                              threshold=r.threshold, advice=r.advice)
+
+
+def _label_out(scores: dict[str, LabelScore] | None) -> dict[str, LabelOut] | None:
+    if scores is None:
+        return None
+    return {m: LabelOut(k=s.k, agreement=_finite(s.agreement), map=_finite(s.map), n_queries=s.n_queries,
+                        n_map=s.n_map) for m, s in scores.items()}
+
+
+def _target_out(found: RoughnessTemperature) -> RoughnessTargetOut:
+    return RoughnessTargetOut(target=found.target, temperature=found.t, mean_roughness=found.roughness,
+                              reachable=found.reachable)
+
+
+def _sweep_out(v: SweepVerdict, where: tuple[str, list[Any], str]) -> SweepOut:
+    indexed, build = _build(*where, v.metric, v.temperature or 0.0)
+    return SweepOut(tri_reaches=v.tri_reaches, euc_reaches=v.euc_reaches, temperature=v.temperature,
+                    metric=v.metric, threshold=v.threshold, indexed=indexed, build=build, advice=v.advice)
 
 
 def _summary(s: RhoSummary) -> SummaryOut:
@@ -211,14 +330,57 @@ def _summary(s: RhoSummary) -> SummaryOut:
                       std=_finite(s.std), n_defined=s.n_defined, reason=s.reason)
 
 
-def _temperatures(body: EvaluateIn) -> tuple[float, ...]:
+def _temperatures(body: EvaluateIn | ShepardIn, X: np.ndarray | None = None,
+                  seed: int = 0) -> tuple[tuple[float, ...], AutoSweep | None]:
+    """The temperatures asked for; "auto" needs the sample X (the roughness is measured on up to
+    `DEFAULT_ROUGHNESS_SAMPLE` of its rows, drawn with `seed`)."""
     if body.temperature is not None and body.temperatures is not None:
         raise InvalidInput("temperatures", "give temperature or temperatures, not both")
+    if isinstance(body.temperatures, str) and body.temperatures != "auto":
+        raise InvalidInput("temperatures", f'must be a list of numbers or "auto", got {body.temperatures[:40]!r}')
+    if body.temperatures == "auto":
+        if X is None:
+            return (), None
+        rows = X if len(X) <= DEFAULT_ROUGHNESS_SAMPLE else X[np.sort(
+            np.random.default_rng(seed).choice(len(X), DEFAULT_ROUGHNESS_SAMPLE, replace=False))]
+        auto = auto_temperatures(rows)
+        return auto.temperatures, auto
     if body.temperatures is not None:
-        return check_temperatures(body.temperatures, "temperatures")
+        return check_temperatures(body.temperatures, "temperatures"), None
     if body.temperature is not None:
-        return check_temperatures(body.temperature, "temperature")
-    raise InvalidInput("temperature", "give a temperature (or temperatures, a sweep)")
+        return check_temperatures(body.temperature, "temperature"), None
+    raise InvalidInput("temperature", "give a temperature (or temperatures, a sweep, or \"auto\")")
+
+
+def _auto_out(auto: AutoSweep | None) -> AutoOut | None:
+    if auto is None:
+        return None
+    return AutoOut(temperatures=list(auto.temperatures), high=_target_out(auto.high), low=_target_out(auto.low),
+                   rows=auto.n)
+
+
+def _codes(values: list[Any]) -> tuple[np.ndarray, int]:
+    """Label codes (-1 for no label) of payload values compared as JSON, and how many distinct."""
+    seen: dict[str, int] = {}
+    codes = np.full(len(values), -1, dtype=np.int64)
+    for i, v in enumerate(values):
+        if v is not None:
+            codes[i] = seen.setdefault(json.dumps(v, sort_keys=True), len(seen))
+    return codes, len(seen)
+
+
+def _labels(request: Request, name: str, field: str, ids: list[Any], k: int, extra: list[Any]
+            ) -> tuple[np.ndarray, LabelsInfoOut]:
+    """Label codes of the sample's points `ids`, then of the `extra` ids (a stored query outside the
+    sample), from one code book; and what was read from the sample."""
+    if not field or len(field) > 256:
+        raise InvalidInput("labels", f"must name a payload field (1-256 characters), got {field!r}")
+    codes, distinct = _codes(_backend(request).payload_values(name, [*ids, *extra], field))
+    labelled = int((codes[:len(ids)] >= 0).sum())
+    if labelled == 0:
+        raise InvalidInput("labels", f"no point of the sample has a payload field {field!r}; ingest payloads "
+                           f'such as {{"{field}": ...}} (e.g. `logitsearch ingest --payloads`)')
+    return codes, LabelsInfoOut(field=field, k=k, labelled=labelled, distinct=distinct)
 
 
 def _sample_size(requested: int | None, count: int, default: int, limit: int, name: str) -> int:
@@ -266,48 +428,76 @@ def _query(request: Request, name: str, pid: Any, vector: list[float] | None, id
 # --- routes ---------------------------------------------------------------------------------------
 
 
-@router.post("/evaluate", response_model=EvaluateOut, summary="Which metric keeps CED's order on this data")
-def evaluate_collection(name: str, body: EvaluateIn, request: Request) -> EvaluateOut:
-    """Spearman's rho between CED(q : p) over softmax(x/t) and each metric (the paper's method,
-    sections 3 and 9), per temperature, with a recommendation."""
+def _where(request: Request, name: str) -> tuple[str, list[Any], str]:
+    info = _backend(request).get_collection(name)
+    return name, list(info.indexes), info.config.kind
+
+
+def run_evaluation(name: str, body: EvaluateIn, request: Request) -> EvaluateOut:
+    """The evaluation `body` asks for (the route, the sweep plot and the report share it)."""
     started = time.perf_counter()
-    ts = _temperatures(body)
+    _temperatures(body)  # the temperatures' errors before any data is read
+    if body.queries is not None and (body.id is not None or body.vector is not None):
+        raise InvalidInput("queries", "give queries or one query (id / vector), not both")
+    if body.queries is not None and body.mode != "one_to_many":
+        raise InvalidInput("mode", "queries evaluates one_to_many, each query against the sample")
+    if body.mode == "many_to_many" and (body.id is not None or body.vector is not None):
+        raise InvalidInput("mode", "many_to_many compares all pairs within the sample and takes no query")
+    if body.labels is not None and body.mode == "many_to_many":
+        raise InvalidInput("labels", "the label check scores the neighbours of queries: use one_to_many")
+    if body.labels is not None and body.vector is not None:
+        raise InvalidInput("labels", "a query vector has no label: give a stored id or queries")
+    many = body.mode == "many_to_many"
+    ids, X, sample = _data(request, name, body.sample, body.seed,
+                           min(DEFAULT_PAIRS_SAMPLE, MANY_TO_MANY_MAX_ROWS) if many else DEFAULT_SAMPLE, body.filter)
+    ts, auto = _temperatures(body, X, body.seed)
+    where = _where(request, name)
+    codes = labels = None
+    query_code: int | None = None
+    if body.labels is not None:
+        # a stored query outside a sampled set is labelled too: its code is the last one
+        outside = body.id is not None and not any(v == body.id and type(v) is type(body.id) for v in ids)
+        codes, labels = _labels(request, name, body.labels, ids, body.k, [body.id] if outside else [])
+        query_code = int(codes[-1]) if outside else None
+        codes = codes[:len(ids)]
+    out = {"collection": name, "sample": sample, "auto": _auto_out(auto), "labels": labels}
     if body.queries is not None:
-        if body.id is not None or body.vector is not None:
-            raise InvalidInput("queries", "give queries or one query (id / vector), not both")
-        if body.mode != "one_to_many":
-            raise InvalidInput("mode", "queries evaluates one_to_many, each query against the sample")
-        ids, X, sample = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
         qe = evaluate_queries(X, ts, n_queries=body.queries.sample, seed=body.queries.seed,
-                              metrics=body.metrics, ranks=body.ranks)
+                              metrics=body.metrics, ranks=body.ranks, labels=codes, k=body.k)
         summary = [QueriesTemperatureOut(
             temperature=r.t, n_queries=r.n_queries, n=r.n, rho={m: _summary(s) for m, s in r.rho.items()},
-            ranked=list(r.ranked), recommendation=_recommendation(r.recommendation),
-            query_roughness=r.query_roughness, mean_roughness=r.mean_roughness, seconds=r.seconds)
-            for r in qe.results]
-        return EvaluateOut(collection=name, mode="one_to_many", ranks=qe.ranks, metrics=list(qe.metrics),
-                           reference=REFERENCE, query={"ids": [ids[i] for i in qe.query_rows]}, sample=sample,
-                           summary=summary, seconds=time.perf_counter() - started)
-    if body.mode == "many_to_many":
-        if body.id is not None or body.vector is not None:
-            raise InvalidInput("mode", "many_to_many compares all pairs within the sample and takes no query")
-        ids, X, sample = _data(request, name, body.sample, body.seed,
-                               min(DEFAULT_PAIRS_SAMPLE, MANY_TO_MANY_MAX_ROWS), body.filter)
+            ranked=list(r.ranked), recommendation=_recommendation(r.recommendation, where, r.t),
+            query_roughness=r.query_roughness, mean_roughness=r.mean_roughness, seconds=r.seconds,
+            labels=_label_out(r.labels)) for r in qe.results]
+        return EvaluateOut(**out, mode="one_to_many", ranks=qe.ranks, metrics=list(qe.metrics),
+                           reference=REFERENCE, query={"ids": [ids[i] for i in qe.query_rows]}, summary=summary,
+                           sweep=_sweep_out(sweep_verdict(qe.results), where) if len(ts) > 1 else None,
+                           seconds=time.perf_counter() - started)
+    if many:
         ev = evaluate(X, ts, metrics=body.metrics, mode="many_to_many", ranks=body.ranks)
         query: dict[str, Any] = {}
         reference = f"{REFERENCE}. {PAIR_ORDER}"
     else:
-        ids, X, sample = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
         xq, exclude, query = _query(request, name, body.id, body.vector, ids)
-        ev = evaluate(X, ts, query=xq, exclude=exclude, metrics=body.metrics, ranks=body.ranks)
+        ev = evaluate(X, ts, query=xq, exclude=exclude, metrics=body.metrics, ranks=body.ranks, labels=codes,
+                      query_label=query_code if codes is not None and exclude is None else None, k=body.k)
         reference = REFERENCE
     results = [TemperatureOut(
         temperature=r.t, n=r.n, rho={m: _rho(v) for m, v in r.rho.items()}, ranked=list(r.ranked),
-        recommendation=_recommendation(r.recommendation), query_roughness=r.query_roughness,
-        mean_roughness=r.mean_roughness, seconds=r.seconds) for r in ev.results]
-    return EvaluateOut(collection=name, mode=ev.mode, ranks=ev.ranks, metrics=list(ev.metrics),
-                       reference=reference, query=query, sample=sample, results=results,
+        recommendation=_recommendation(r.recommendation, where, r.t), query_roughness=r.query_roughness,
+        mean_roughness=r.mean_roughness, seconds=r.seconds, labels=_label_out(r.labels)) for r in ev.results]
+    return EvaluateOut(**out, mode=ev.mode, ranks=ev.ranks, metrics=list(ev.metrics),
+                       reference=reference, query=query, results=results,
+                       sweep=_sweep_out(sweep_verdict(ev.results), where) if len(ts) > 1 else None,
                        seconds=time.perf_counter() - started)
+
+
+@router.post("/evaluate", response_model=EvaluateOut, summary="Which metric keeps CED's order on this data")
+def evaluate_collection(name: str, body: EvaluateIn, request: Request) -> EvaluateOut:
+    """Spearman's rho between CED(q : p) over softmax(x/t) and each metric (the paper's method,
+    sections 3 and 9), per temperature, with a recommendation among the searchable metrics; with
+    `labels`, each searchable metric's label agreement@k and mean average precision."""
+    return run_evaluation(name, body, request)
 
 
 def _float_list(raw: str | None, field: str) -> list[float] | None:
@@ -327,7 +517,7 @@ def roughness_of_collection(
     temperatures: Annotated[str | None, Query(description="comma-separated, e.g. 1,10,100")] = None,
     sample: Annotated[int | None, Query(description="rows used (default: up to "
                                         f"{DEFAULT_ROUGHNESS_SAMPLE:,}, uniformly sampled)")] = None,
-    seed: int = 0,
+    seed: Annotated[int, Query(ge=0)] = 0,
 ) -> RoughnessOut:
     """The temperature at which the collection's mean measure of roughness (eq. 17) reaches
     `target`, and the mean MR at each of `temperatures`: guidance for picking t."""
@@ -352,14 +542,78 @@ def roughness_of_collection(
 @router.post("/evaluate/shepard.png", response_class=Response, summary="Shepard diagram (PNG)",
              responses={200: {"content": {"image/png": {}}, "description": "the diagram"}})
 def shepard_of_collection(name: str, body: ShepardIn, request: Request) -> Response:
-    """CED on x, the metric on y, for one query at one t, with the isotonic regression line and
-    rho (over all compared points) in the title; at most `max_points` points drawn."""
-    (t,) = check_temperatures(body.temperature, "temperature")
+    """CED on x, the metric on y, for one query at one t, with the isotonic regression line (under
+    the points) and rho (over all compared points) in the title; at most `max_points` points drawn.
+    With `temperatures` (a list or "auto"): a grid, one panel per temperature, rho in each title."""
+    _temperatures(body)
     ids, X, _ = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
+    ts, _auto = _temperatures(body, X, body.seed)
     xq, exclude, _ = _query(request, name, body.id, body.vector, ids)
-    data = shepard_data(X, t, body.metric, query=xq, exclude=exclude, max_points=body.max_points,
-                        seed=body.seed, ranks=body.ranks)
-    png = shepard_png(data, width=body.width, height=body.height)
-    rho = "nan" if math.isnan(data.rho.value) else f"{data.rho.value:.6f}"
+    panels = [shepard_data(X, t, body.metric, query=xq, exclude=exclude, max_points=body.max_points,
+                           seed=body.seed, ranks=body.ranks) for t in ts]
+    rhos = ",".join("nan" if math.isnan(d.rho.value) else f"{d.rho.value:.6f}" for d in panels)
+    points = f"{panels[0].ced.size}/{panels[0].n}"
+    if body.temperatures is None:
+        png = shepard_png(panels[0], width=body.width, height=body.height)
+    else:
+        from service.plots import shepard_grid_png
+
+        given = body.model_fields_set
+        png = shepard_grid_png(panels, width=body.width if "width" in given else 1200,
+                               height=body.height if "height" in given else None)
     return Response(content=png, media_type="image/png",
-                    headers={"X-Spearman-Rho": rho, "X-Points": f"{data.ced.size}/{data.n}"})
+                    headers={"X-Spearman-Rho": rhos, "X-Points": points, "X-Panels": str(len(panels)),
+                             "X-Temperatures": ",".join(f"{t:g}" for t in ts)})
+
+
+class SweepPlotIn(EvaluateIn):
+    width: int = Field(900, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
+    height: int = Field(500, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
+
+
+@router.post("/evaluate/sweep.png", response_class=Response, summary="rho against temperature (PNG)",
+             responses={200: {"content": {"image/png": {}}, "description": "the sweep"}})
+def sweep_of_collection(name: str, body: SweepPlotIn, request: Request) -> Response:
+    """The evaluation of the body (as POST .../evaluate takes it) as a picture: rho against
+    temperature for each metric, the 0.99 line marked; with `labels`, a second panel with each
+    searchable metric's label agreement@k and mean average precision."""
+    from service.plots import sweep_png
+
+    result = run_evaluation(name, EvaluateIn(**body.model_dump(exclude={"width", "height"})), request)
+    png, panels = sweep_png(result.model_dump(), width=body.width, height=body.height)
+    return Response(content=png, media_type="image/png", headers={"X-Panels": str(panels)})
+
+
+#: points of the roughness curve (GET .../roughness.png), log-spaced
+CURVE_POINTS = 32
+
+
+def roughness_curve(X: np.ndarray) -> tuple[list[tuple[float, float]], RoughnessTemperature, RoughnessTemperature]:
+    """(t, mean MR) at `CURVE_POINTS` temperatures from a fifth of where the mean MR is 1e-1 to five
+    times where it is 1e-6 (within core's range), and those two temperatures."""
+    high, low = (temperature_for_roughness(X, target) for target in AUTO_ROUGHNESS)
+    lo, hi = max(T_MIN, high.t / 5), min(T_MAX, max(low.t * 5, high.t * 10))
+    guide = roughness_guide(X, temperatures=[float(t) for t in np.geomspace(lo, hi, CURVE_POINTS)])
+    return list(guide.at), high, low
+
+
+@router.get("/roughness.png", response_class=Response, summary="Mean roughness against temperature (PNG)",
+            responses={200: {"content": {"image/png": {}}, "description": "the curve"}})
+def roughness_png_of_collection(
+    name: str, request: Request,
+    sample: Annotated[int | None, Query(description="rows used (default: up to "
+                                        f"{DEFAULT_ROUGHNESS_SAMPLE:,}, uniformly sampled)")] = None,
+    seed: Annotated[int, Query(ge=0)] = 0,
+    width: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS)] = 800,
+    height: Annotated[int, Query(ge=MIN_PIXELS, le=MAX_PIXELS)] = 500,
+) -> Response:
+    """The collection's mean measure of roughness (eq. 17) against temperature, log-log, as the
+    paper's Fig. 6, with the 1e-6 target of section 10.2 and the span of the auto sweep marked."""
+    from service.plots import roughness_png
+
+    _, X, _ = _data(request, name, sample, seed, DEFAULT_ROUGHNESS_SAMPLE)
+    curve, high, low = roughness_curve(X)
+    png = roughness_png(curve, target=AUTO_ROUGHNESS[1], reached=low.t if low.reachable else None,
+                        sweep=(high.t, low.t), collection=name, width=width, height=height)
+    return Response(content=png, media_type="image/png",
+                    headers={"X-Temperature-At-Target": f"{low.t:.6g}", "X-Points": str(len(curve))})

@@ -17,7 +17,7 @@ EXAMPLE = REPO / "examples" / "imagenet_effnet_200.npy"
 EXAMPLE_IDS = REPO / "examples" / "imagenet_effnet_200.txt"
 
 
-@pytest.mark.parametrize("command", ["serve", "ingest", "search", "collections"])
+@pytest.mark.parametrize("command", ["serve", "ingest", "search", "collections", "evaluate", "report"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -54,10 +54,12 @@ def test_ingest_then_collections_then_search(shared_server, capsys):
     assert row[:6] == ["cli-img", "1000", str(len(ids)), "euc,tri", "1,10", "flat"] and row[-1] == "ready"
 
     assert main(["search", "cli-img", "--id", ids[0], "-k", "3", "--metric", "tri", "-t", "10", "--json", *url]) == 0
-    got = json.loads(capsys.readouterr().out)
+    got = json.loads(capsys.readouterr().out)  # the server's JSON, as it came (issue 14)
     with Client(shared_server) as c:
         want = c.search("cli-img", id=ids[0], k=3, metric="tri", temperature=10)
-    assert got["ids"] == want.ids and got["distances"] == want.distances.tolist() and ids[0] not in got["ids"]
+    assert got.pop("took_ms") >= 0 and want.raw is not None and want.raw.pop("took_ms") >= 0
+    assert got == want.raw and got["index"] == "tri-t10-flat" and set(got) >= {"formula", "units", "how"}
+    assert [h["id"] for h in got["hits"]] == want.ids and ids[0] not in want.ids
 
     assert main(["search", "cli-img", "--id", ids[0], "-k", "3", "--metric", "tri", "-t", "10", *url]) == 0
     out = capsys.readouterr().out
@@ -70,13 +72,14 @@ def test_search_by_vector_file_and_int_ids(shared_server, tmp_path, capsys):
     np.save(path, X)
     url = ["--url", shared_server]
     assert main(["ingest", "cli-int", str(path), "--create", "--metrics", "euc", "--start", "7", "--quiet", *url]) == 0
+    capsys.readouterr()
     np.save(tmp_path / "q.npy", X[[3, 9]])
     assert main(["search", "cli-int", "--vector-file", str(tmp_path / "q.npy"), "--row", "1", "-k", "1", "--json",
                  *url]) == 0
-    out = capsys.readouterr().out.splitlines()[-1]
-    assert json.loads(out)["ids"] == [16] and json.loads(out)["distances"] == [0.0]
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["id"] for h in hits] == [16] and [h["distance"] for h in hits] == [0.0]
     assert main(["search", "cli-int", "--id", "16", "-k", "1", "--json", *url]) == 0
-    assert json.loads(capsys.readouterr().out)["ids"] != [16]
+    assert [h["id"] for h in json.loads(capsys.readouterr().out)["hits"]] != [16]
 
 
 def test_client_commands_fail_cleanly(shared_server, tmp_path, capsys):
@@ -87,4 +90,4 @@ def test_client_commands_fail_cleanly(shared_server, tmp_path, capsys):
     bad = tmp_path / "bad.npy"
     bad.write_bytes(b"not numpy")
     assert main(["ingest", "cli-bad", str(bad), "--url", shared_server]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "not a .npy file" in capsys.readouterr().err

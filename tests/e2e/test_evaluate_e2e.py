@@ -92,7 +92,7 @@ def test_the_cli_prints_the_table_and_writes_the_plots(server, synthetic, tmp_pa
         return subprocess.run([sys.executable, "-m", "service.cli", "evaluate", "syn", "--url", server, *args],
                               cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
-    run = cli("--id", "p11", "-t", "1", "10", "--plot", str(tmp_path / "fig.png"), "--metric", "euc")
+    run = cli("--id", "p11", "-t", "1", "10", "--plot", str(tmp_path / "figs"), "--metric", "euc")
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     header = next(line for line in lines if line.startswith("metric"))
@@ -101,9 +101,10 @@ def test_the_cli_prints_the_table_and_writes_the_plots(server, synthetic, tmp_pa
         row = next(line for line in lines if line.split()[:1] == [m])
         assert all(-1.0 <= float(v) <= 1.0 for v in row.split()[1:])
     assert any(line.startswith("at t=10,") for line in lines)
-    for t in ("1", "10"):
-        png = Path(tmp_path / f"fig_t{t}.png").read_bytes()
-        assert png[:8] == PNG_SIGNATURE and imread(io.BytesIO(png)).shape[:2] == (600, 800)
+    for name, size in (("sweep", (500, 900)), ("roughness", (500, 800)), ("shepard", (340, 1200))):
+        png = Path(tmp_path / "figs" / f"{name}.png").read_bytes()  # --plot DIR (issue 14)
+        assert png[:8] == PNG_SIGNATURE and imread(io.BytesIO(png)).shape[:2] == size, name
+    assert "wrote " + str(tmp_path / "figs" / "shepard.png") + ": Shepard diagrams of CED vs euc" in run.stdout
     bad = cli("--id", "nobody", "-t", "1")
     assert bad.returncode == 1 and "point 'nobody' not found" in bad.stderr
 

@@ -388,7 +388,7 @@ def test_an_upload_over_the_body_limit_is_refused_and_nothing_is_written(client_
 def test_a_restored_collection_answers_filters_from_its_own_payload_index(tmp_path, rng):
     # the archive carries the declared keys; the restore must index the restored payloads too
     with make_client(tmp_path / "data") as client:
-        X, ids = _fill(client, "orig", rng, metrics=("euc", "tri"))
+        X, _ids = _fill(client, "orig", rng, metrics=("euc", "tri"))
         r = client.put(f"{C}/orig/payload_index", json={"fields": ["i", "tag.even"]})
         assert r.status_code == 200, r.text
         _, data = _snapshot(client, "orig")
