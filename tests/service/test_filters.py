@@ -539,7 +539,8 @@ def test_the_cli_searches_and_evaluates_with_a_filter(client, filled, monkeypatc
     want = [pid for pid, p in zip(ids, payloads) if matches(f, pid, p)]
     assert cli.main(["search", "f", "--id", "img-3", "-k", "500", "--metric", "euc", "--json",
                      "--filter", json.dumps(f)]) == 0
-    assert sorted(map(str, json.loads(capsys.readouterr().out)["ids"])) == sorted(str(i) for i in want if i != "img-3")
+    hits = json.loads(capsys.readouterr().out)["hits"]  # the server's answer as it came (issue 14)
+    assert sorted(str(h["id"]) for h in hits) == sorted(str(i) for i in want if i != "img-3")
     assert cli.main(["evaluate", "f", "--id", "img-3", "-t", "10", "--json", "--filter", json.dumps(f)]) == 0
     assert json.loads(capsys.readouterr().out)["sample"]["of"] == len(want)
     with pytest.raises(SystemExit):  # argparse's usage error, no traceback
