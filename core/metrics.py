@@ -46,6 +46,13 @@ METRICS: dict[str, Metric] = {
 }
 
 
+#: the metrics logitsearch can index and search, in the order a search prefers when none is named;
+#: the one list every layer derives its vocabulary from (indexes/, service/ and the CLI)
+INDEXABLE: tuple[str, ...] = ("euc", "cos", "tri", "ced")
+#: metrics computed over softmax(x/t): they need a temperature
+TEMPERED: frozenset[str] = frozenset(m for m in INDEXABLE if METRICS[m].space == "probs")
+
+
 def metric(name: str) -> Metric:
     """The metric called `name`; InvalidInput listing the known names otherwise."""
     try:
