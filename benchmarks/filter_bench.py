@@ -3,13 +3,13 @@ run (issue 15).
 
 Data: N = 100,000 rows of d = 1000 realistic logits made as benchmarks/index_bench.py makes them
 (mixes of two real ImageNet crops of one photograph plus noise; LOGITSEARCH_SHARED_DATA or
-../shared/data), ingested through the in-process Backend (SQLite, payload index and all) with the
+../shared/data), ingested through the in-process Coordinator (SQLite, payload index and all) with the
 payload {"bucket": b}, b a uniform random integer in [0, 100). The filters
 {"must": [{"key": "bucket", "range": {"lt": p}}]} match p % of the rows, scattered over the table.
 
 For each metric (flat TRI at t = 10, flat EUC) and each filter, single queries one at a time:
-- `unfiltered`: Backend.search without a filter;
-- `filtered`: Backend.search with the filter, everything included: the ids' table positions, FAISS over
+- `unfiltered`: Coordinator.search without a filter;
+- `filtered`: Coordinator.search with the filter, everything included: the ids' table positions, FAISS over
   the matching rows and the certificate (or the scan), and hydration; the same filter is repeated, so
   its matching points come from the backend's selection cache after the first query;
 - `cold`: the same with the selection cache emptied before each query, so each one also looks the
@@ -42,14 +42,15 @@ from index_bench import DATA, Numpy, dataset
 
 from indexes.knn import FILTER_SCAN_ROWS
 from service import filters
-from service.backend import Backend, CollectionConfig, Query
+from service.catalog import CollectionConfig
+from service.coordinator import Coordinator, Query
 from service.settings import load_settings
 
 PERCENTS = (1, 10, 50)
 K = 10
 
 
-def _ingest(b: Backend, X: np.ndarray, buckets: np.ndarray) -> float:
+def _ingest(b: Coordinator, X: np.ndarray, buckets: np.ndarray) -> float:
     b.create_collection("bench", CollectionConfig.create(X.shape[1], ["euc", "tri"], [10.0], payload_index=["bucket"]))
     payloads = [json.dumps({"bucket": int(v)}) for v in buckets]
     step = 10_000
@@ -78,7 +79,7 @@ def main() -> None:
     X, Q = dataset(1000, n, nq, rng)
     buckets = rng.integers(0, 100, n)
     with tempfile.TemporaryDirectory() as tmp:
-        b = Backend(load_settings({"data_dir": tmp, "max_k": 10_000}, environ={}))
+        b = Coordinator(load_settings({"data_dir": tmp, "max_k": 10_000}, environ={}))
         b.open(background=False)
         ingest_s = _ingest(b, X, buckets)
         print(f"N = {n:,} x d = 1000, {nq} single queries per cell, k = {K}; bulk ingest with payload index "

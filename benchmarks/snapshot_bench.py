@@ -1,6 +1,6 @@
 """Snapshot benchmark (issue 15): taking and restoring a collection, beside the baselines they replace.
 
-In process (service.backend.Backend over a temporary data directory, the default durability: SQLite
+In process (service.coordinator.Coordinator over a temporary data directory, the default durability: SQLite
 WAL, synchronous=FULL), for a flat collection (euc, cos, tri at t = 10) and an HNSW one (euc, tri;
 M = 16, ef_construction = 64), N rows of d = 256 Gaussian logits:
 
@@ -34,7 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.backend import Backend, CollectionConfig
+from service.catalog import CollectionConfig
+from service.coordinator import Coordinator
 from service.settings import load_settings
 from service.snapshots import Snapshots
 
@@ -42,13 +43,13 @@ D = 256
 KINDS = {"flat": (["euc", "cos", "tri"], {}), "hnsw": (["euc", "tri"], {"M": 16, "ef_construction": 64})}
 
 
-def _backend(path: Path) -> Backend:
-    b = Backend(load_settings({"data_dir": str(path)}, environ={}))
+def _backend(path: Path) -> Coordinator:
+    b = Coordinator(load_settings({"data_dir": str(path)}, environ={}))
     b.open(background=False)
     return b
 
 
-def _ingest(b: Backend, kind: str, X: np.ndarray) -> float:
+def _ingest(b: Coordinator, kind: str, X: np.ndarray) -> float:
     metrics, params = KINDS[kind]
     b.create_collection("c", CollectionConfig.create(D, metrics, [10.0], kind, params))
     started = time.perf_counter()
@@ -56,7 +57,7 @@ def _ingest(b: Backend, kind: str, X: np.ndarray) -> float:
     return time.perf_counter() - started
 
 
-def _held(b: Backend) -> list[float]:
+def _held(b: Coordinator) -> list[float]:
     """Wrap b.writes_held so each hold's duration is recorded."""
     spans: list[float] = []
     inner = b.writes_held
@@ -72,7 +73,7 @@ def _held(b: Backend) -> list[float]:
     return spans
 
 
-def _slowest_write(b: Backend, n0: int, seconds: float, during: Any) -> float:
+def _slowest_write(b: Coordinator, n0: int, seconds: float, during: Any) -> float:
     """The slowest of a writer's back-to-back 10-row upserts over `seconds`, with `during()` run
     meanwhile (None: nothing)."""
     stop, worst = threading.Event(), [0.0]

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import StorageError
 from service.auth import ROLES, install_auth
-from service.backend import Backend
+from service.coordinator import Coordinator
 from service.fastlane import SearchFastLane
 from service.lifecycle import CutOffAtShutdown, hold_data_dir, refuse, release_data_dir, start_process
 from service.limits import install_limits, problem_response
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
             hold_data_dir(Path(settings.data_dir))  # held until the process ends
         except StorageError as exc:
             refuse(exc)
-    backend = Backend(settings)
+    backend = Coordinator(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,7 +10,7 @@ The archive is an uncompressed tar (GNU format, 512-byte blocks; `tar tvf` lists
 kept as `<data dir>/snapshots/<collection>/<snapshot>.tar`.
 
 Consistency while writes continue: under the collection's write lock, once every committed write
-has been applied to its indexes (`Backend.writes_held`), a read transaction opens on SQLite (WAL
+has been applied to its indexes (`Coordinator.writes_held`), a read transaction opens on SQLite (WAL
 snapshot isolation pins it at that sequence) and the indexes are copied in memory (their arrays,
 FAISS indexes serialised); then the lock is released, and the copy is written out and the rows are
 copied from the pinned read while new writes commit. Writes to the collection wait only for that
@@ -51,8 +51,8 @@ import numpy as np
 from core.errors import InvalidInput, NotFound, StorageError
 from indexes import persist
 from indexes.knn import IndexSet, IndexSpec
-from service.backend import Backend, CollectionConfig, CollectionInfo, HeldCollection
-from service.backend import _check_name as check_name
+from service.catalog import CollectionConfig, check_name
+from service.coordinator import CollectionInfo, Coordinator, HeldCollection
 from service.schemas import MAX_ID, MAX_ID_CHARS
 from service.store import Transaction
 
@@ -113,7 +113,7 @@ def _archive_bytes(sizes: list[int]) -> int:
 class Snapshots:
     """The snapshots of one data directory (`<data dir>/snapshots`)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Coordinator) -> None:
         self.backend = backend
         self.root = Path(backend.data_dir) / "snapshots"
         # scratch left by a crash; nothing can be using it before the app serves

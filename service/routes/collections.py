@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 
 from core.errors import InvalidInput
 from indexes.knn import IndexSpec
-from service.backend import Backend, CollectionConfig, CollectionInfo, IndexInfo
+from service.catalog import CollectionConfig
+from service.coordinator import CollectionInfo, Coordinator, IndexInfo
 from service.problems import ProblemRoute
 from service.schemas import (
     CollectionIn,
@@ -24,8 +25,8 @@ from service.schemas import (
 router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=ProblemRoute)
 
 
-def backend_of(request: Request) -> Backend:
-    backend: Backend = request.app.state.backend
+def backend_of(request: Request) -> Coordinator:
+    backend: Coordinator = request.app.state.backend
     return backend
 
 

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from core.errors import InvalidInput, NotFound
 from service import filters
-from service.backend import Point, WriteResult
+from service.shard import Point, WriteResult
 from service.ingest import NpyStream, batch, check_batch_size, parse_ids, parse_payloads
 from service.observability import count_ingested
 from service.problems import ProblemRoute

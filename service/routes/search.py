@@ -20,7 +20,7 @@ from core.errors import InvalidInput
 from core.metrics import METRICS
 from indexes.knn import FILTER_SCAN_ROWS
 from service import filters
-from service.backend import Backend, Query, SearchResult
+from service.coordinator import Coordinator, Query, SearchResult
 from service.ingest import check_batch_size, decode_vector_b64
 from service.observability import observe_search
 from service.problems import ProblemRoute
@@ -85,7 +85,7 @@ def _observe(app: Any, results: list[SearchResult]) -> None:
 
 def answer_search(app: FastAPI, name: str, body: SearchIn) -> dict[str, Any]:
     """The answer to one search, as JSON-ready data (also called by service.fastlane)."""
-    backend: Backend = app.state.backend
+    backend: Coordinator = app.state.backend
     q = _query(body, backend.dim(name), "")
     results = backend.search(name, [q])
     _observe(app, results)
@@ -96,7 +96,7 @@ def answer_batch(app: FastAPI, name: str, body: SearchBatchIn) -> dict[str, Any]
     """The answer to a batch of searches, as JSON-ready data (also called by service.fastlane)."""
     started = time.perf_counter()
     check_batch_size(len(body.searches), "searches", app.state.settings.max_batch)
-    backend: Backend = app.state.backend
+    backend: Coordinator = app.state.backend
     dim = backend.dim(name)
     queries = [_query(s, dim, f"searches.{i}.") for i, s in enumerate(body.searches)]
     results = backend.search(name, queries)

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-import service.backend
+import service.shard
 import service.ingest
 from tests.service.conftest import problem
 
@@ -76,7 +76,7 @@ def test_a_bulk_upload_replaces_existing_points(coll, rng):
 @pytest.mark.parametrize("keep", [0, 1 << 20], ids=["indexed from SQLite", "indexed from memory"])
 def test_rows_spanning_many_chunks_are_all_written_in_one_operation(coll, rng, monkeypatch, keep):
     monkeypatch.setattr(service.ingest, "NPY_CHUNK_BYTES", 5 * 4 * 7)  # 7 rows per chunk
-    monkeypatch.setattr(service.backend, "BULK_KEEP_BYTES", keep)
+    monkeypatch.setattr(service.shard, "BULK_KEEP_BYTES", keep)
     X = rng.normal(size=(100, 5)).astype(np.float32)
     assert coll.post(B, params={"start": 0}, content=npy(X), headers=RAW).json()["operation_id"] == 1
     np.testing.assert_array_equal(_stored(coll, range(100)), X)

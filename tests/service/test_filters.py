@@ -19,7 +19,8 @@ from scipy.special import log_softmax
 from scipy.stats import spearmanr
 
 from service import filters
-from service.backend import Backend, CollectionConfig, Query
+from service.catalog import CollectionConfig
+from service.coordinator import Coordinator, Query
 from service.settings import load_settings
 from tests.service.conftest import make_client, problem
 
@@ -171,8 +172,8 @@ _filters = st.recursive(
     max_leaves=6)
 
 
-def _backend(path: Path) -> Backend:
-    b = Backend(load_settings({"data_dir": str(path)}, environ={}))
+def _backend(path: Path) -> Coordinator:
+    b = Coordinator(load_settings({"data_dir": str(path)}, environ={}))
     b.open(background=False)
     return b
 
@@ -416,16 +417,16 @@ def test_create_refuses_a_bad_payload_key(client):
 # --- the payload index stays consistent with the points -------------------------------------------
 
 
-def _index_rows(b: Backend, name: str) -> set[tuple[Any, ...]]:
-    cid = b._collections[name].cid
+def _index_rows(b: Coordinator, name: str) -> set[tuple[Any, ...]]:
+    cid = b.catalog.get(name).cid
     conn = b.store._reader()
     return set(conn.execute("SELECT key, kind, value, iid FROM payload_values WHERE cid = ?", (cid,)).fetchall())
 
 
-def _expected_rows(b: Backend, name: str, keys: tuple[str, ...]) -> set[tuple[Any, ...]]:
-    coll = b._collections[name]
+def _expected_rows(b: Coordinator, name: str, keys: tuple[str, ...]) -> set[tuple[Any, ...]]:
+    ids = b._members[name].shard._ids
     points, _ = b.scroll(name, None, 10**6)
-    return {(k, kind, v, coll.iid_of[p.id]) for p in points for k, kind, v in filters.index_rows(p.payload, keys)}
+    return {(k, kind, v, ids.iid(p.id)) for p in points for k, kind, v in filters.index_rows(p.payload, keys)}
 
 
 def test_the_index_follows_replace_delete_bulk_ingest_and_a_reopen(tmp_path, rng):

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from service.backend import Backend
+from service.coordinator import Coordinator
 from tests.service.conftest import problem
 
 C = "/v1/collections"
@@ -37,7 +37,7 @@ def test_a_bug_is_a_generic_500_with_one_log_line_and_no_exception_text(client, 
     def broken(self, name, queries):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(Backend, "search", broken)
+    monkeypatch.setattr(Coordinator, "search", broken)
     with caplog.at_level(logging.ERROR, logger="logitsearch.problems"):
         r = problem(client.post(f"{C}/v/search", json={"vector": [0, 0]}), 500)
     assert "secret" not in r["detail"] and "RuntimeError" not in r["detail"] and "errors" not in r

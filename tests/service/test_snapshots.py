@@ -346,12 +346,12 @@ def test_openapi_documents_the_snapshot_routes(tmp_path):
 
 def test_a_snapshot_while_an_index_builds_leaves_the_indexes_out_and_the_restore_builds_them(
         tmp_path, rng, monkeypatch):
-    from service.backend import Backend
+    from service.shard import CollectionShard
 
     with make_client(tmp_path / "a") as client:
         X, ids = _fill(client, "v", rng, n=300)
         with monkeypatch.context() as m:
-            m.setattr(Backend, "_start_build", lambda self, coll, state: None)  # the build never ends
+            m.setattr(CollectionShard, "build", lambda self, spec: None)  # the build never ends
             assert client.post(f"{C}/v/indexes", json={"metric": "tri", "temperature": 100}).status_code == 202
             info, data = _snapshot(client, "v")
         assert not info["indexes_included"] and "tri-t100-flat was still building" in info["rebuild_reason"]

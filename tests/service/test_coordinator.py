@@ -10,15 +10,17 @@ import time
 import numpy as np
 import pytest
 
-import service.backend
+import service.shard
 from indexes.knn import IndexSet
-from service.backend import Backend, CollectionConfig, Query
+from service.catalog import CollectionConfig
+from service.coordinator import Coordinator, Query
+from service.shard import CollectionShard
 from service.settings import load_settings
 from service.store import FILENAME
 
 
 def _backend(path, **overrides):
-    b = Backend(load_settings({"data_dir": str(path), **overrides}, environ={}))
+    b = Coordinator(load_settings({"data_dir": str(path), **overrides}, environ={}))
     b.open(background=False)
     return b
 
@@ -56,7 +58,7 @@ def test_restart_loads_the_snapshot_and_replays_later_writes_and_deletes(tmp_pat
     Q = rng.normal(size=(4, 6))
     before = _answers(b, "c", Q) + _answers(b, "c", Q, "tri", 2.0)
     # no close(): as after kill -9, the snapshot is older than SQLite
-    monkeypatch.setattr(Backend, "_build_from_store", lambda *a: pytest.fail("should replay, not rebuild"))
+    monkeypatch.setattr(CollectionShard, "_build_from_store", lambda *a: pytest.fail("should replay, not rebuild"))
     b2 = _backend(tmp_path)
     assert _answers(b2, "c", Q) + _answers(b2, "c", Q, "tri", 2.0) == before
     keep = [i >= 10 for i in range(120)]
@@ -159,8 +161,8 @@ def test_indexes_built_later_survive_a_restart_and_unfinished_builds_resume(tmp_
 
 @pytest.mark.parametrize("keep", [0, 1 << 20], ids=["read back from SQLite", "applied from memory"])
 def test_a_search_sees_all_of_a_bulk_ingest_or_none_of_it(tmp_path, rng, monkeypatch, keep):
-    monkeypatch.setattr(service.backend, "APPLY_CHUNK", 10)
-    monkeypatch.setattr(service.backend, "BULK_KEEP_BYTES", keep)
+    monkeypatch.setattr(service.shard, "APPLY_CHUNK", 10)
+    monkeypatch.setattr(service.shard, "BULK_KEEP_BYTES", keep)
     real = IndexSet.upsert
 
     def slow(self, *a, **kw):

@@ -1,0 +1,776 @@
+"""The coordinator: what the routes call. It plans (the one index picker), routes each request to
+the collection's shard, merges the shards' answers and hydrates only the winners.
+
+Parts (README "Architecture"): the catalog (service/catalog.py) owns the collections, their
+configs, desired indexes and committed write sequence; each collection shard (service/shard.py)
+owns its points, indexes, applier, snapshots and id map; this module owns neither, and asks them.
+Each collection has one shard today (`Coordinator` keeps a list per collection so that search fans
+out and merges already; writes go to the one shard until issue 13 routes them by id).
+
+Writes to a collection are serialised here, by its write lock, held across the shard's commit and
+the catalog's record of it: the catalog's sequence and the shard's state move together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import Conflict, InvalidInput, LimitExceeded, NotFound, StorageError
+from core.metrics import INDEXABLE, TEMPERED
+from core.validate import check_temperature
+from indexes.exact import topk
+from indexes.knn import KINDS, Hits, IndexSet, IndexSpec
+from service import filters
+from service.catalog import Catalog, CollectionConfig, Entry, IndexState, IndexStatus, check_name
+from service.settings import Settings
+from service.shard import (
+    CollectionShard,
+    Described,
+    Point,
+    SearchGroup,
+    State,
+    WriteResult,
+)
+from service.store import Ext, Store, Transaction
+
+log = logging.getLogger("logitsearch.coordinator")
+
+F32 = npt.NDArray[np.float32]
+Ids = npt.NDArray[np.int64]
+
+#: seconds a request waits for a collection that is still loading before answering 503
+LOAD_WAIT = 10.0
+
+__all__ = ["CollectionConfig", "CollectionInfo", "Coordinator", "HeldCollection", "Hit", "IndexInfo", "Point",
+           "Query", "SearchResult", "Selection", "WriteResult", "merge_hits"]
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    key: str
+    spec: IndexSpec
+    status: IndexStatus
+    progress: float
+    vectors: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    config: CollectionConfig
+    #: committed points: every write acknowledged so far (GET, /metrics and evaluation alike)
+    count: int
+    last_operation_id: int
+    status: State
+    indexes: list[IndexInfo]
+
+
+@dataclass(frozen=True)
+class HeldCollection:
+    """A collection while its writes are held (`Coordinator.writes_held`)."""
+
+    cid: int
+    name: str
+    config: CollectionConfig
+    indexes: list[dict[str, Any]]
+    last_seq: int
+    count: int
+    iset: IndexSet | None
+    rebuild_reason: str | None
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search: by `vector` or by stored `id` (left out of its own answer)."""
+
+    k: int
+    metric: str | None = None
+    vector: npt.NDArray[np.floating[Any]] | None = None
+    id: Ext | None = None
+    temperature: float | None = None
+    kind: str | None = None
+    exact: bool = False
+    with_payload: bool = True
+    with_vector: bool = False
+    filter: filters.Filter | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The points a filter matched in one collection (`Coordinator.select`), for an evaluation."""
+
+    iids: Ids
+
+    @property
+    def count(self) -> int:
+        return int(self.iids.size)
+
+
+class Hit(NamedTuple):
+    """One neighbour, as `SearchResult.hits` gives it (results keep their hits as columns)."""
+
+    id: Ext
+    distance: float
+    payload: dict[str, Any] | None = None
+    vector: F32 | None = None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One query's answer. Hits are kept as columns (ids, distances, and payloads/vectors when asked
+    for): a batch of 100 queries has 1,000 hits, and building an object per hit was a measurable
+    part of a batch request; `hits` gives them as Hit tuples."""
+
+    metric: str
+    temperature: float | None
+    index: str
+    kind: str
+    how: str
+    k: int
+    ids: list[Ext]
+    distances: list[float]
+    seconds: float
+    payloads: list[dict[str, Any] | None] | None = None
+    vectors: list[F32 | None] | None = None
+    #: with a filter: the searchable points it matched
+    matched: int | None = None
+
+    @property
+    def hits(self) -> list[Hit]:
+        n = len(self.ids)
+        return [Hit(*h) for h in zip(self.ids, self.distances, self.payloads or [None] * n,
+                                     self.vectors or [None] * n)]
+
+
+#: how a merged answer was found: the weakest of its parts'
+_HOW_ORDER = ("certified", "scanned", "approximate")
+
+
+def merge_hits(parts: Sequence[Hits], k: int) -> Hits:
+    """The k nearest of several shards' answers to one query (each its own top-k, trimmed).
+
+    Ties at equal distance go to the smaller internal id, as within one index (indexes.exact.topk),
+    so a split collection answers as the whole one does. `how` is the weakest of the parts'
+    (approximate > scanned > certified); `matched` sums. A TRI certificate proved per shard holds for
+    the merge, since each shard's top-k is exact for its rows; issue 13 judges it against the merged
+    k-th distance instead, to spare the shards whose bound already holds."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(1, max(p.ids.size for p in parts))
+    D = np.full((1, width * len(parts)), np.inf)
+    Iv = np.full((1, width * len(parts)), -1, dtype=np.int64)
+    for j, p in enumerate(parts):
+        D[0, j * width:j * width + p.ids.size] = p.distances
+        Iv[0, j * width:j * width + p.ids.size] = p.ids
+    ids, dists = topk(D, Iv, k)
+    how = max((p.how for p in parts), key=_HOW_ORDER.index)
+    matched = None if all(p.matched is None for p in parts) else sum(p.matched or 0 for p in parts)
+    return Hits(ids[0], dists[0], how, matched)  # type: ignore[arg-type]
+
+
+@dataclass(eq=False)
+class _Member:
+    """A collection's shards and the lock that serialises its writes."""
+
+    shards: list[CollectionShard]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def shard(self) -> CollectionShard:
+        """The shard that takes writes (the only one until issue 13 routes writes by id)."""
+        return self.shards[0]
+
+
+# --- the coordinator -------------------------------------------------------------------------------
+
+
+class Coordinator:
+    """Collections of one data directory: the catalog, and the shards of each collection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.store = Store(self.data_dir)
+        self.catalog = Catalog(self.store)
+        self._members: dict[str, _Member] = {}
+        self._snapshots = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
+        # as many searches at once as cores: more only oversubscribes the cores (each search already
+        # runs FAISS/numba threads) and thrashes the GIL; the others wait here
+        self._search_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+        self._loader: threading.Thread | None = None
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def open(self, *, background: bool = True) -> None:
+        """Open SQLite and load every collection (in a background thread unless told otherwise)."""
+        self.store.open()
+        entries = self.catalog.load()
+        for e in entries:
+            self._members[e.name] = _Member([self._new_shard(e)])
+        self._remove_orphan_snapshots({e.cid for e in entries})
+        if background:
+            self._loader = threading.Thread(target=self._load_all, args=(entries,), name="loader", daemon=True)
+            self._loader.start()
+        else:
+            self._load_all(entries)
+
+    def close(self) -> None:
+        """Finish queued index writes, snapshot what changed since the last snapshot, close SQLite."""
+        self._closed = True
+        if self._loader is not None:
+            self._loader.join()
+        for member in list(self._members.values()):
+            for shard in member.shards:
+                shard.close()
+        self._snapshots.shutdown(wait=True)
+        self.store.close()
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        states = {name: m.shard.status().state for name, m in self._members.items()}
+        return all(s != "loading" for s in states.values()), states
+
+    def snapshot_all(self) -> None:
+        """Snapshot every ready collection now (tests, and before a planned restart)."""
+        for member in list(self._members.values()):
+            for shard in member.shards:
+                shard.snapshot()
+
+    def _shard_dir(self, cid: int) -> Path:
+        return self.data_dir / "indexes" / f"c{cid}"
+
+    def _new_shard(self, entry: Entry) -> CollectionShard:
+        name = entry.name
+
+        def on_index(key: str, spec: IndexSpec, status: IndexStatus, error: str | None) -> None:
+            self._index_built(name, shard, key, spec, status, error)
+
+        shard = CollectionShard(entry.cid, name, entry.config, self.store, self._shard_dir(entry.cid),
+                                snapshot_every=self.settings.snapshot_every, on_index=on_index,
+                                snapshots=self._snapshots)
+        return shard
+
+    def _remove_orphan_snapshots(self, cids: set[int]) -> None:
+        root = self.data_dir / "indexes"
+        if not root.is_dir():
+            return
+        for path in root.iterdir():
+            if path.name.startswith("c") and path.name[1:].isdigit() and int(path.name[1:]) not in cids:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _load_all(self, entries: list[Entry], preloaded: dict[int, IndexSet] | None = None) -> None:
+        for e in entries:
+            member = self._members.get(e.name)
+            if member is None or self._closed:
+                continue
+            for shard in member.shards:
+                shard.load(e.specs("ready"), e.specs("building"), e.last_seq, (preloaded or {}).get(e.cid))
+
+    # --- lookup ----------------------------------------------------------------------------------
+
+    def _member(self, name: str) -> tuple[Entry, _Member]:
+        member = self._members.get(name)
+        entry = self.catalog.find(name)
+        if member is None or entry is None:
+            raise NotFound(f"collection {name!r} not found")
+        if not all(s.wait_loaded(LOAD_WAIT) for s in member.shards):
+            raise StorageError(f"collection {name!r} is still loading; retry shortly")
+        return entry, member
+
+    def _ready(self, name: str) -> tuple[Entry, _Member]:
+        entry, member = self._member(name)
+        for shard in member.shards:
+            shard.ready()
+        return entry, member
+
+    # --- collections -----------------------------------------------------------------------------
+
+    def create_collection(self, name: str, config: CollectionConfig) -> tuple[CollectionInfo, bool]:
+        """Create `name`; (info, False) when it exists with the same config, Conflict for another one."""
+        check_name(name)
+        with self.catalog.lock:
+            existing = self.catalog.find(name)
+            if existing is not None:
+                if set(config.payload_index) <= set(existing.config.payload_index):
+                    # payload keys may have been declared since: asking for fewer is the same collection
+                    config = dataclasses.replace(config, payload_index=existing.config.payload_index)
+                if existing.config != config:
+                    raise Conflict(f"collection {name!r} exists with a different configuration: "
+                                   + "; ".join(existing.config.differences(config)))
+                return self._info(name), False
+            specs = config.specs()
+            with self.store.transaction() as tx:
+                entry = self.catalog.create(tx, name, config, [IndexState(s, "ready") for s in specs])
+            shard = self._new_shard(entry)
+            shard.start_empty(specs)
+            self._members[name] = _Member([shard])
+            self.catalog.publish(entry)
+            return self._info(name), True
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [self._info(n) for n in self.catalog.names() if n in self._members]
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        self._member(name)
+        return self._info(name)
+
+    def delete_collection(self, name: str) -> None:
+        entry, member = self._member(name)
+        with member.lock, self.catalog.lock:
+            with self.store.transaction() as tx:
+                tx.drop_collection(entry.cid)
+            self._members.pop(name, None)
+            self.catalog.remove(name)
+        for shard in member.shards:
+            shard.drop()
+
+    def _info(self, name: str) -> CollectionInfo:
+        entry = self.catalog.get(name)
+        statuses = [s.status() for s in self._members[name].shards]
+        vectors: dict[str, int] = {}
+        progress: dict[str, float] = {}
+        for st in statuses:
+            for key, n in st.vectors.items():
+                vectors[key] = vectors.get(key, 0) + n
+            for key, p in st.progress.items():
+                progress[key] = min(progress.get(key, 1.0), p)
+        indexes = [IndexInfo(s.spec.key, s.spec, s.status,
+                             1.0 if s.status == "ready" else progress.get(s.spec.key, 0.0),
+                             vectors.get(s.spec.key, 0), s.error) for s in entry.indexes]
+        state = next((st.state for st in statuses if st.state != "ready"), "ready")
+        return CollectionInfo(name, entry.config, sum(st.points for st in statuses), entry.last_seq, state, indexes)
+
+    def dim(self, name: str) -> int:
+        return self._member(name)[0].config.dim
+
+    def count(self, name: str, selection: Selection | None = None) -> int:
+        """Committed points (every acknowledged write; an evaluation samples from these), or the
+        selection's."""
+        _, member = self._ready(name)
+        return sum(s.points() for s in member.shards) if selection is None else selection.count
+
+    def sizes(self) -> Iterable[tuple[str, int, list[tuple[str, int]]]]:
+        """(collection, points, [(index, vectors)]) for /metrics."""
+        for name in list(self._members):
+            try:
+                info = self._info(name)
+            except NotFound:  # dropped meanwhile
+                continue
+            yield info.name, info.count, [(i.key, i.vectors) for i in info.indexes if i.status == "ready"]
+
+    # --- indexes ---------------------------------------------------------------------------------
+
+    def list_indexes(self, name: str) -> list[IndexInfo]:
+        self._member(name)
+        return self._info(name).indexes
+
+    def add_index(self, name: str, spec: IndexSpec) -> tuple[IndexInfo, bool]:
+        """Start building `spec` in the background; (info, False) when it exists with the same params."""
+        entry, member = self._ready(name)
+        with member.lock:
+            existing = self.catalog.get(name).index(spec.key)
+            if existing is not None:
+                if existing.spec != spec or dict(existing.spec.params) != dict(spec.params):
+                    raise Conflict(f"index {spec.key} exists with parameters {dict(existing.spec.params)}; "
+                                   f"delete it first to build it with {dict(spec.params)}")
+                return self._index_info(name, spec.key), False
+            self.catalog.set_index(name, IndexState(spec, "building"))
+            for shard in member.shards:
+                shard.build(spec)
+        return self._index_info(name, spec.key), True
+
+    def _index_info(self, name: str, key: str) -> IndexInfo:
+        return next(i for i in self._info(name).indexes if i.key == key)
+
+    def _index_built(self, name: str, shard: CollectionShard, key: str, spec: IndexSpec,
+                     status: IndexStatus, error: str | None) -> None:
+        """A shard's build ended: record it, unless the index was dropped or replaced meanwhile."""
+        try:
+            recorded = self.catalog.set_index(name, IndexState(spec, status, error),
+                                              expect=IndexState(spec, "building"))
+        except StorageError:
+            log.warning("could not record the end of a build", extra={"fields": {"index": key, "status": status}})
+            recorded = False
+        if not recorded and status == "ready":
+            entry = self.catalog.find(name)
+            current = entry.index(key) if entry is not None else None
+            if current is None or current.spec != spec or current.status != "ready":
+                shard.drop_index(key)
+
+    def drop_index(self, name: str, key: str) -> None:
+        _, member = self._ready(name)
+        with member.lock:
+            self.catalog.drop_index(name, key)
+            for shard in member.shards:
+                shard.drop_index(key)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def upsert(self, name: str, ids: Sequence[Ext], X: F32, payloads: Sequence[str | None] | None = None,
+               *, wait: bool = True) -> WriteResult:
+        """Insert or replace points; `X` float32 (n, dim), already checked; ids unique; payloads as JSON."""
+        _, member = self._ready(name)
+        with member.lock:
+            result = member.shard.upsert(ids, X, payloads, keep=wait)
+            self.catalog.committed(name, result.operation_id)
+        return self._finish(member.shard, result, wait)
+
+    def bulk_upsert(self, name: str, chunks: Iterable[F32], ids: Iterable[Ext], *, wait: bool = True,
+                    payloads: Sequence[str | None] | None = None) -> WriteResult:
+        """Insert or replace many points in ONE transaction, chunk by chunk (`chunks`: float32 rows,
+        already checked; `ids`: one per row, e.g. a range; `payloads`: one JSON text or None per row,
+        checked). Nothing is written unless all of it is."""
+        _, member = self._ready(name)
+        shard = member.shard
+        id_iter = iter(ids)
+        with member.lock:
+            handle = shard.bulk_begin()
+            n = 0
+            try:
+                for X in chunks:
+                    exts = list(itertools.islice(id_iter, len(X)))
+                    if len(exts) != len(X):
+                        raise InvalidInput("ids", f"{n + len(exts)} ids for at least {n + len(X)} rows")
+                    if payloads is not None and n + len(X) > len(payloads):
+                        raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
+                    shard.bulk_chunk(handle, exts, X, None if payloads is None else payloads[n:n + len(X)])
+                    n += len(X)
+                if next(id_iter, None) is not None:
+                    raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
+                if payloads is not None and n and len(payloads) != n:
+                    raise InvalidInput("payloads", f"{len(payloads)} payloads for {n} rows")
+            except BaseException as exc:
+                shard.bulk_abort(handle, exc)
+                raise
+            result = shard.bulk_commit(handle, keep=wait)
+            self.catalog.committed(name, result.operation_id)
+        return self._finish(shard, result, wait)
+
+    def delete_points(self, name: str, ids: Sequence[Ext], *, wait: bool = True) -> WriteResult:
+        """Delete points; unknown ids are ignored (count says how many existed)."""
+        _, member = self._ready(name)
+        with member.lock:
+            result = member.shard.delete(ids, keep=wait)
+            self.catalog.committed(name, result.operation_id)
+        return self._finish(member.shard, result, wait)
+
+    def delete_by_filter(self, name: str, flt: filters.Filter, *, wait: bool = True) -> WriteResult:
+        """Delete every point `flt` matches when the transaction runs (count: how many)."""
+        entry, member = self._ready(name)
+        filters.check_declared(flt, entry.config.payload_index, name)
+        with member.lock:
+            result = member.shard.delete_matching(flt, keep=wait)
+            self.catalog.committed(name, result.operation_id)
+        return self._finish(member.shard, result, wait)
+
+    @staticmethod
+    def _finish(shard: CollectionShard, result: WriteResult, wait: bool) -> WriteResult:
+        """Wait for the write's apply when asked (outside the write lock: the next write may commit)."""
+        if not wait:
+            return result
+        return dataclasses.replace(result, status=shard.applied(result.operation_id))
+
+    # --- payload index ---------------------------------------------------------------------------
+
+    def declare_payload_index(self, name: str, keys: Sequence[str]) -> tuple[str, ...]:
+        """Index payload `keys` for filters (back-filled from the stored payloads in the same
+        transaction that records them); keys indexed already are left as they are. The indexed keys."""
+        _, member = self._ready(name)
+        wanted = [filters.check_key(k, f"fields.{i}") for i, k in enumerate(keys)]
+        with member.lock:
+            config = self.catalog.get(name).config
+            new = tuple(sorted(set(wanted) - set(config.payload_index)))
+            if new:
+                config = dataclasses.replace(config, payload_index=tuple(sorted({*config.payload_index, *new})))
+                member.shard.index_payloads(config, new)
+                self.catalog.set_config(name, config)
+            return config.payload_index
+
+    def drop_payload_index(self, name: str, key: str) -> tuple[str, ...]:
+        """Stop indexing payload `key` (NotFound when it is not indexed). The indexed keys."""
+        _, member = self._ready(name)
+        with member.lock:
+            config = self.catalog.get(name).config
+            if key not in config.payload_index:
+                raise NotFound(f"payload key {key!r} is not indexed in collection {name!r}; "
+                               f"indexed: {list(config.payload_index)}")
+            config = dataclasses.replace(config, payload_index=tuple(k for k in config.payload_index if k != key))
+            member.shard.unindex_payloads(config, key)
+            self.catalog.set_config(name, config)
+            return config.payload_index
+
+    def select(self, name: str, flt: filters.Filter) -> Selection:
+        """The searchable points `flt` matches now (for `count` and `evaluate_data`)."""
+        _, member = self._ready(name)
+        return Selection(np.concatenate([s.select(flt) for s in member.shards]))
+
+    # --- collection snapshots to take away (service/snapshots.py owns the archive) ----------------
+
+    @contextmanager
+    def writes_held(self, name: str) -> Iterator[HeldCollection]:
+        """The collection at a consistent point: inside the block no write to it starts, and every
+        committed write has been applied to its indexes. `iset` is None (with the reason) when the
+        indexes are not those of the committed state (rebuilding, or an index still building)."""
+        _, member = self._member(name)
+        with member.lock:
+            entry = self.catalog.get(name)
+            building = sorted(s.spec.key for s in entry.indexes if s.status == "building")
+            with member.shard.held(entry.last_seq, building) as held:
+                yield HeldCollection(entry.cid, name, entry.config, entry.index_list(), entry.last_seq,
+                                     held.count, held.iset, held.rebuild_reason)
+
+    def restore_collection(self, name: str, config: CollectionConfig, indexes: list[dict[str, Any]],
+                           last_seq: int, fill: Callable[[Transaction, int], int],
+                           place: Callable[[Path, int], IndexSet] | None) -> CollectionInfo:
+        """Create `name` (or replace it when it exists empty with the same config) from a snapshot in
+        ONE transaction: `fill(tx, cid)` writes the points and returns the offset added to their
+        internal ids; then `place(directory, offset)` writes the index snapshot and returns its set
+        (None, or a failure: the indexes are rebuilt from SQLite), and the collection loads as at a
+        start."""
+        check_name(name)
+        old = self._members.get(name)
+        if old is not None and not all(s.wait_loaded(LOAD_WAIT) for s in old.shards):
+            raise StorageError(f"collection {name!r} is still loading; retry shortly")
+        # the collection's lock before the catalog's, as delete_collection takes them
+        with old.lock if old is not None else nullcontext(), self.catalog.lock:
+            if self._members.get(name) is not old:
+                raise Conflict(f"collection {name!r} was created or deleted meanwhile; retry")
+            previous = self.catalog.find(name)
+            if old is not None and previous is not None:
+                points = sum(s.points() for s in old.shards)
+                if points:
+                    raise Conflict(f"collection {name!r} holds {points} points: restore into a new "
+                                   "or empty collection (delete it first, or give another name)")
+                if previous.config != config:
+                    raise Conflict(f"collection {name!r} exists (empty) with a different configuration: "
+                                   + "; ".join(previous.config.differences(config)))
+            states = [IndexState.from_dict(d) for d in indexes]
+            with self.store.transaction() as tx:
+                if previous is not None:
+                    tx.drop_collection(previous.cid)
+                entry = self.catalog.create(tx, name, config, states)
+                offset = fill(tx, entry.cid)
+                tx.set_last_seq(entry.cid, last_seq)
+            entry = dataclasses.replace(entry, last_seq=last_seq)
+            if old is not None:
+                for shard in old.shards:
+                    shard.drop()
+            self._members[name] = _Member([self._new_shard(entry)])  # requests wait for the load
+            self.catalog.publish(entry)
+        preloaded: dict[int, IndexSet] = {}
+        try:
+            if place is not None:
+                preloaded[entry.cid] = place(self._shard_dir(entry.cid), offset)
+        except Exception as exc:  # the points are committed; the indexes are rebuilt from them
+            log.warning("restored index snapshot unusable, rebuilding from SQLite", exc_info=exc,
+                        extra={"fields": {"collection": name}})
+            shutil.rmtree(self._shard_dir(entry.cid), ignore_errors=True)
+        self._load_all([entry], preloaded)
+        return self._info(name)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def get_points(self, name: str, ids: Sequence[Ext], *, with_vector: bool = True,
+                   with_payload: bool = True) -> list[Point | None]:
+        """The stored points for `ids` in order, None where an id is unknown (read from SQLite: a
+        committed write is visible here even before its index apply)."""
+        _, member = self._member(name)
+        return member.shard.get_points(ids, with_vector=with_vector, with_payload=with_payload)
+
+    def scroll(self, name: str, offset: int | None, limit: int, *, with_vector: bool = False,
+               with_payload: bool = True, filter: filters.Filter | None = None) -> tuple[list[Point], int | None]:
+        """Up to `limit` points from cursor `offset` (None: the start) and the next cursor (None: done);
+        with `filter`, the points it matches."""
+        _, member = self._member(name)
+        return member.shard.scroll(offset or 0, limit, with_vector=with_vector, with_payload=with_payload,
+                                   flt=filter)
+
+    def vector(self, name: str, ext: Ext) -> F32:
+        """The indexed float32 vector of one point; NotFound if absent."""
+        _, member = self._ready(name)
+        return member.shard.query_vector(ext)[1]
+
+    def payload_values(self, name: str, ids: Sequence[Ext], key: str) -> list[Any]:
+        """The value of payload field `key` of each point of `ids`, None where the point, its payload or
+        the field is missing (read from SQLite): the labels of an evaluation (issue 14)."""
+        _, member = self._member(name)
+        return member.shard.payload_values(ids, key)
+
+    def evaluate_data(self, name: str, sample: int, seed: int,
+                      selection: Selection | None = None) -> tuple[list[Ext], F32]:
+        """`sample` points drawn uniformly without replacement (seeded; all of them if sample >= count),
+        in insertion order: their ids and float32 rows; drawn from `selection` when given. Every write
+        committed before the call is in the population."""
+        _, member = self._ready(name)
+        shard = member.shard
+        for attempt in range(3):
+            ids = shard.indexed_ids()
+            if selection is not None:
+                ids = np.intersect1d(ids, selection.iids)
+            if sample < ids.size:
+                ids = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
+            try:
+                exts, X = shard.rows(ids)
+            except NotFound:  # a delete landed between the two reads: draw again
+                if attempt == 2:
+                    raise
+                continue
+            if None not in exts:
+                return exts, X  # type: ignore[return-value]
+        raise StorageError(f"collection {name!r} changed under the sample three times; retry")
+
+    # --- search ----------------------------------------------------------------------------------
+
+    def search(self, name: str, queries: Sequence[Query]) -> list[SearchResult]:
+        """Answer each query; queries with the same index, k, exactness and filter go to the shards
+        together, each shard answers its own top-k, and the coordinator merges them."""
+        entry, member = self._ready(name)
+        if not queries:
+            return []
+        shards = member.shards
+        picked: dict[tuple[Any, Any, Any], IndexSpec] = {}  # a batch mostly asks one index
+        plans = [self._plan(entry, member, q, f"searches.{i}." if len(queries) > 1 else "", picked)
+                 for i, q in enumerate(queries)]
+        keys: dict[tuple[str, int, bool, filters.Filter | None], list[int]] = {}
+        for i, (q, (spec, _, _)) in enumerate(zip(queries, plans)):
+            keys.setdefault((spec.key, q.k, q.exact, q.filter), []).append(i)
+        members = list(keys.values())
+        flts = {q.filter for q in queries if q.filter is not None}
+        with self._search_slots:
+            per_shard = []
+            started = time.perf_counter()
+            for shard in shards:
+                # each distinct filter resolved once, from the payload index
+                allowed = {f: shard.matching(f) for f in flts}
+                groups = [SearchGroup(plans[ms[0]][0], np.stack([plans[i][1] for i in ms]), k, exact,
+                                      [plans[i][2] for i in ms], None if flt is None else allowed[flt])
+                          for (_, k, exact, flt), ms in zip(keys, members)]
+                per_shard.append(shard.search(groups))
+            seconds = time.perf_counter() - started
+        answers: list[Hits | None] = [None] * len(queries)
+        for g, ms in enumerate(members):
+            k = queries[ms[0]].k
+            for j, i in enumerate(ms):
+                answers[i] = merge_hits([part[g][j] for part in per_shard], k)
+        return self._results(member, queries, plans, answers, seconds)
+
+    def _plan(self, entry: Entry, member: _Member, q: Query, prefix: str,
+              picked: dict[tuple[Any, Any, Any], IndexSpec]) -> tuple[IndexSpec, npt.NDArray[np.float64], int | None]:
+        """(the index to ask, the query vector, the internal id to leave out)."""
+        if isinstance(q.k, bool) or not isinstance(q.k, int) or q.k < 1:
+            raise InvalidInput(f"{prefix}k", f"must be a whole number >= 1, got {q.k!r}")
+        if q.k > self.settings.max_k:
+            raise LimitExceeded(f"{prefix}k", f"at most {self.settings.max_k} (LOGITSEARCH_MAX_K), got {q.k}")
+        key = (q.metric, q.temperature, q.kind)
+        spec = picked.get(key)
+        if spec is None:
+            spec = picked[key] = pick_index(entry, q.metric, q.temperature, q.kind, prefix)
+        exclude = None
+        if (q.vector is None) == (q.id is None):
+            raise InvalidInput(f"{prefix}vector", "give exactly one of vector and id")
+        if q.id is not None:
+            iid, x = member.shard.query_vector(q.id)
+            vector, exclude = x.astype(np.float64), iid
+        else:
+            vector = np.asarray(q.vector, dtype=np.float64)
+            if vector.shape != (entry.config.dim,):
+                raise InvalidInput(f"{prefix}vector", f"expected dimension {entry.config.dim}, got {vector.shape[-1]}")
+            if not np.isfinite(vector).all():
+                raise InvalidInput(f"{prefix}vector", "contains NaN or infinity; logits must be finite")
+        return spec, vector, exclude
+
+    def _results(self, member: _Member, queries: Sequence[Query], plans: list[tuple[IndexSpec, Any, int | None]],
+                 answers: list[Hits | None], seconds: float) -> list[SearchResult]:
+        """Hydrate the winners only: their external ids, and payloads/vectors where asked for."""
+        if any(a is None for a in answers):  # cannot happen: every query is in one group
+            raise StorageError("search lost a query")
+        hits = [a for a in answers if a is not None]
+        winners = sorted({int(i) for h in hits for i in h.ids.tolist()})
+        described: Described = member.shard.describe(
+            winners, vector=any(q.with_vector for q in queries), payload=any(q.with_payload for q in queries))
+        at = {iid: r for r, iid in enumerate(winners)}
+        out = []
+        for q, (spec, _, _), h in zip(queries, plans, hits):
+            rows = [at[i] for i in h.ids.tolist()]
+            exts = [described.exts[r] for r in rows]
+            dists = h.distances.tolist()
+            if None in exts:  # deleted while this search ran
+                keep = [e is not None for e in exts]
+                rows, exts, dists = ([v for v, ok in zip(col, keep) if ok] for col in (rows, exts, dists))
+            payloads = [described.payloads[r] for r in rows] if q.with_payload and described.payloads is not None \
+                else None
+            vectors = [described.vectors[r] for r in rows] if q.with_vector and described.vectors is not None \
+                else None
+            out.append(SearchResult(spec.metric, spec.temperature, spec.key, spec.kind, h.how, q.k, exts, dists,
+                                    seconds, payloads, vectors, h.matched))
+        return out
+
+
+def pick_index(entry: Entry, metric: str | None, temperature: float | None, kind: str | None,
+               prefix: str = "") -> IndexSpec:
+    """The one index picker: the ready index of `entry` for (metric, temperature, kind), the
+    defaults filled (the first ready metric; the only temperature; the cheapest kind, flat first),
+    with errors that list what is indexed, and Conflict when the wanted index is still building."""
+    ready = entry.specs("ready")
+    metric = metric if metric is not None else (ready[0].metric if ready else entry.config.metrics[0])
+    if metric not in INDEXABLE:
+        raise InvalidInput(f"{prefix}metric", f"unknown metric {metric!r}; indexable: {', '.join(INDEXABLE)}")
+    building = entry.specs("building")
+    same = [s for s in ready if s.metric == metric]
+    if not same:
+        _if_building(building, metric, temperature, kind)
+        raise InvalidInput(f"{prefix}metric", f"no {metric} index; indexed metrics: {sorted({s.metric for s in ready})}")
+    t: float | None
+    if metric in TEMPERED:
+        temps = sorted({s.temperature for s in same if s.temperature is not None})
+        t = temperature
+        if t is None:
+            if len(temps) != 1:
+                raise InvalidInput(f"{prefix}temperature", f"required for {metric}; indexed temperatures: {temps}")
+            t = temps[0]
+        t = check_temperature(t, f"{prefix}temperature")
+        same = [s for s in same if s.temperature is not None and math.isclose(s.temperature, t, rel_tol=1e-9)]
+        wanted = f"{metric} index at t={t:g}"
+        if not same:
+            _if_building(building, metric, t, kind)
+            raise InvalidInput(f"{prefix}temperature", f"no {wanted}; indexed temperatures for {metric}: {temps}")
+    else:
+        if temperature is not None:
+            raise InvalidInput(f"{prefix}temperature", f"{metric} is computed over raw logits: leave it out")
+        t, wanted = None, f"{metric} index"
+    if kind is None:
+        return min(same, key=lambda s: KINDS.index(s.kind))
+    for s in same:
+        if s.kind == kind:
+            return s
+    _if_building(building, metric, t, kind)
+    raise InvalidInput(f"{prefix}kind", f"no {kind} {wanted}; indexed kinds: {sorted(s.kind for s in same)}")
+
+
+def _if_building(building: list[IndexSpec], metric: str, t: float | None, kind: str | None) -> None:
+    for s in building:
+        if s.metric == metric and (kind is None or s.kind == kind) and (
+                t is None or (s.temperature is not None and math.isclose(s.temperature, t, rel_tol=1e-9))):
+            raise Conflict(f"index {s.key} is still building; GET .../indexes shows its progress")
+
+
