@@ -328,7 +328,13 @@ class Coordinator:
             return self._info(name), True
 
     def list_collections(self) -> list[CollectionInfo]:
-        return [self._info(n) for n in self.catalog.names() if n in self._members]
+        out = []
+        for name in self.catalog.names():
+            try:
+                out.append(self._info(name))
+            except NotFound:  # dropped meanwhile
+                continue
+        return out
 
     def get_collection(self, name: str) -> CollectionInfo:
         self._member(name)
@@ -345,8 +351,10 @@ class Coordinator:
             shard.drop()
 
     def _info(self, name: str) -> CollectionInfo:
-        entry = self.catalog.get(name)
-        statuses = [s.status() for s in self._members[name].shards]
+        entry, member = self.catalog.get(name), self._members.get(name)
+        if member is None:
+            raise NotFound(f"collection {name!r} not found")
+        statuses = [s.status() for s in member.shards]
         vectors: dict[str, int] = {}
         progress: dict[str, float] = {}
         for st in statuses:
