@@ -14,7 +14,7 @@ from indexes.knn import IndexSet, IndexSpec
 
 SPECS = [IndexSpec("euc"), IndexSpec("cos", kind="ivf", params={"nlist": 2, "nprobe": 1}),
          IndexSpec("tri", 10.0), IndexSpec("ced", 0.5, "hnsw"), IndexSpec("tri", 100.0, "hnsw")]
-QUERIES = [("euc", None, None), ("cos", None, "ivf"), ("tri", 10.0, None), ("ced", 0.5, "hnsw"),
+QUERIES = [("euc", None, "flat"), ("cos", None, "ivf"), ("tri", 10.0, "flat"), ("ced", 0.5, "hnsw"),
            ("tri", 100.0, "hnsw")]
 
 
@@ -27,7 +27,7 @@ def _filled(rng, n=200, d=9):
 
 def _answers(iset, Q):
     return [(h.ids.tolist(), h.distances.tolist(), h.how)
-            for metric, t, kind in QUERIES for h in iset.search(metric, Q, 7, temperature=t, kind=kind)]
+            for metric, t, kind in QUERIES for h in iset.search(IndexSpec(metric, t, kind), Q, 7)]
 
 
 def test_save_then_load_gives_identical_answers(rng, tmp_path):
@@ -40,7 +40,7 @@ def test_save_then_load_gives_identical_answers(rng, tmp_path):
     assert _answers(back, Q) == _answers(iset, Q)
     np.testing.assert_array_equal(back.vectors(iset.all_ids()), iset.vectors(iset.all_ids()))
     back.upsert([1], Q[:1], seq=6)  # a loaded set keeps working
-    assert back.search("tri", Q[0], 1, temperature=10.0)[0].ids[0] == 1
+    assert back.search(IndexSpec("tri", 10.0), Q[0], 1)[0].ids[0] == 1
 
 
 def test_saving_again_replaces_the_snapshot_and_leaves_no_debris(rng, tmp_path):
@@ -130,7 +130,7 @@ def test_an_empty_set_round_trips(tmp_path):
     IndexSet(4, [IndexSpec("tri", 1.0), IndexSpec("euc", kind="hnsw")]).save(tmp_path / "e")
     back = IndexSet.load(tmp_path / "e")
     assert back.count == 0 and len(back.specs()) == 2
-    assert len(back.search("euc", np.ones(4), 3)[0].ids) == 0
+    assert len(back.search(IndexSpec("euc", kind="hnsw"), np.ones(4), 3)[0].ids) == 0
 
 
 def test_loading_with_an_id_offset_answers_alike_with_every_id_shifted(rng, tmp_path):
@@ -144,7 +144,7 @@ def test_loading_with_an_id_offset_answers_alike_with_every_id_shifted(rng, tmp_
     np.testing.assert_array_equal(back.all_ids(), iset.all_ids() + 10_000)
     assert back.remove([10_000 + 5 * 60, 5 * 60], seq=6) == 1  # ivf and hnsw find the shifted id
     assert all(5 * 60 + 10_000 not in h.ids for m, t, kind in QUERIES
-               for h in back.search(m, Q, 150, temperature=t, kind=kind))
+               for h in back.search(IndexSpec(m, t, kind), Q, 150))
 
 
 def test_a_loaded_set_keeps_the_certificate_statistics_it_was_saved_with(rng, tmp_path):
