@@ -98,3 +98,20 @@ def test_faiss_failures_become_our_error_with_the_cause_kept():
     with pytest.raises(LogitsearchError, match="out of memory") as err:
         knn._faiss_call("search", boom)
     assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_searching_an_index_the_set_lacks_is_not_found_naming_it_and_the_keys_present(iset):
+    """Issue 12: the caller picks the index; a spec or key the set does not hold is NotFound."""
+    for spec in (IndexSpec("ced", 1.0), "ced-t1-flat", IndexSpec("tri", 10.0, "hnsw")):
+        with pytest.raises(NotFound) as err:
+            iset.search(spec, np.ones(4), 3)
+        key = spec if isinstance(spec, str) else spec.key
+        assert key in str(err.value) and "['euc-flat', 'tri-t10-flat', 'tri-t100-hnsw']" in str(err.value)
+    with pytest.raises(InvalidInput) as bad:
+        iset.search(IndexSpec("tri", 10.0), np.ones(4), 3, temperature=10.0)
+    assert bad.value.field == "temperature"
+    assert iset.find("tri", 100.0) == IndexSpec("tri", 100.0, "hnsw") and iset.find("euc") == IndexSpec("euc")
+    a = iset.search(iset.find("tri", 10.0), np.ones(4), 3)[0]
+    b = iset.search("tri", np.ones(4), 3, temperature=10.0)[0]  # the compatibility form
+    c = iset.search("tri-t10-flat", np.ones(4), 3)[0]
+    assert a.ids.tolist() == b.ids.tolist() == c.ids.tolist()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from core.errors import StorageError
 from indexes import persist
 from indexes.knn import IndexSet, IndexSpec
+from tests.indexes.brute import assert_knn
 
 SPECS = [IndexSpec("euc"), IndexSpec("cos", kind="ivf", params={"nlist": 2, "nprobe": 1}),
          IndexSpec("tri", 10.0), IndexSpec("ced", 0.5, "hnsw"), IndexSpec("tri", 100.0, "hnsw")]
@@ -162,3 +165,111 @@ def test_a_loaded_set_keeps_the_certificate_statistics_it_was_saved_with(rng, tm
     fresh = IndexSet(9, [IndexSpec("tri", 10.0)])
     fresh.upsert(np.arange(1, 100), X[1:], seq=2)
     assert fresh._indexes["tri-t10-flat"].stats != iset._indexes["tri-t10-flat"].stats  # the case is real
+
+
+# --- issue 12: persistence through IndexSet.state() / IndexSet.restore() ----------------------------
+
+SNAPSHOT_V1 = Path(__file__).parent / "snapshot_v1"
+
+
+def _plain(x) -> bool:
+    """Only numpy arrays, dicts, lists and scalars: what pickle and a process boundary carry."""
+    if isinstance(x, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in x.items())
+    if isinstance(x, (list, tuple)):
+        return all(_plain(v) for v in x)
+    return x is None or isinstance(x, (np.ndarray, str, int, float, bool))
+
+
+def test_a_state_is_plain_data_that_restores_to_the_same_answers_after_pickling(rng):
+    iset = _filled(rng)
+    Q = rng.normal(0, 3, (5, 9))
+    state = iset.state()
+    assert _plain(state)
+    assert set(state) == {"dim", "last_seq", "ids", "rows", "specs", "indexes"}
+    back = IndexSet.restore(pickle.loads(pickle.dumps(state)))
+    assert (back.dim, back.count, back.last_seq, back.specs()) == (9, 150, 5, iset.specs())
+    assert _answers(back, Q) == _answers(iset, Q)
+    iset.upsert([1], Q[:1], seq=6)  # the state is a copy: later writes do not reach it
+    assert state["ids"].size == 150 and state["last_seq"] == 5
+
+
+def test_each_index_state_restores_on_its_own(rng):
+    iset = _filled(rng)
+    for spec in iset.specs():
+        ix = iset._indexes[spec.key]
+        st = ix.state()
+        assert _plain(st)
+        again = type(ix).restore(spec, 9, st)
+        assert again.stats == ix.stats and again.holds(iset.all_ids())
+
+
+def test_a_snapshot_written_before_issue_12_still_loads_and_answers_exactly():
+    """tests/indexes/snapshot_v1 was written by the code of commit 1a71666 (before the state hooks):
+    60 rows X (seed 12) at ids 0, 3, ..., ids 0..27 removed, seq 8."""
+    X = np.random.default_rng(12).normal(0, 3, (60, 5))
+    back = IndexSet.load(SNAPSHOT_V1)
+    ids = np.arange(10, 60) * 3
+    assert (back.dim, back.count, back.last_seq) == (5, 50, 8)
+    assert [s.key for s in back.specs()] == ["euc-flat", "tri-t10-flat", "ced-t0.5-hnsw", "cos-ivf"]
+    np.testing.assert_array_equal(back.vectors(ids), X[10:].astype(np.float32))
+    rows = X[10:].astype(np.float32).astype(np.float64)
+    for spec in back.specs():
+        for q, h in zip(X[:4], back.search(spec, X[:4], 6)):
+            assert_knn(h, spec.metric, q, ids, rows, 6, spec.temperature, rtol=1e-9)
+
+
+def test_the_on_disk_format_is_unchanged(tmp_path):
+    back = IndexSet.load(SNAPSHOT_V1)
+    back.save(tmp_path / "again")
+    old, new = (json.loads((p / "manifest.json").read_text()) for p in (SNAPSHOT_V1, tmp_path / "again"))
+    assert set(new) == set(old) and set(new["files"]) == set(old["files"])
+    assert {k: v for k, v in new.items() if k != "files"} == {k: v for k, v in old.items() if k != "files"}
+
+
+def test_a_snapshot_without_certificate_statistics_recomputes_them(rng, tmp_path):
+    iset = _filled(rng)
+    iset.save(tmp_path / "snap")
+    manifest = tmp_path / "snap" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    for entry in m["indexes"].values():
+        del entry["stats"]  # as snapshots written before the statistics were kept
+    manifest.write_text(json.dumps(m))
+    back = IndexSet.load(tmp_path / "snap")
+    assert back._indexes["tri-t10-flat"].stats.norm > 0
+    Q = rng.normal(0, 3, (5, 9))
+    ids, X = back.matrix()
+    for q, h in zip(Q, back.search(IndexSpec("tri", 10.0), Q, 7)):
+        assert_knn(h, "tri", q, ids, X.astype(np.float64), 7, 10.0, rtol=1e-9)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda s: s.update(ids=np.zeros(s["ids"].size, dtype=np.int64)),
+    lambda s: s.update(ids=s["ids"].astype(np.float64)),
+    lambda s: s.update(rows=s["rows"][:, :3]),
+    lambda s: s.update(specs=[{"metric": "tri"}]),
+    lambda s: s.update(specs=[*s["specs"], s["specs"][0]]),
+    lambda s: s["indexes"]["ced-t0.5-hnsw"].pop("faiss"),
+    lambda s: s["indexes"]["ced-t0.5-hnsw"].update(labels=s["indexes"]["ced-t0.5-hnsw"]["labels"][:-1]),
+    lambda s: s["indexes"]["ced-t0.5-hnsw"].update(faiss=np.zeros(10, dtype=np.uint8)),
+    lambda s: s["indexes"]["tri-t10-flat"].update(stats=["a", "b", "c"]),
+    lambda s: s["indexes"]["cos-ivf"].update(faiss=s["indexes"]["ced-t0.5-hnsw"]["faiss"]),
+    lambda s: s.update(ids=s["ids"][:-1], rows=s["rows"][:-1]),  # the indexes hold one id more
+])
+def test_a_damaged_state_is_a_storage_error(rng, damage):
+    state = _filled(rng).state()
+    damage(state)
+    with pytest.raises(StorageError):
+        IndexSet.restore(state)
+
+
+def test_persist_reads_and_writes_states_without_importing_the_indexes():
+    """Issue 12: no indexes/knn.py <-> indexes/persist.py cycle, no reach into the set's privates."""
+    import ast
+
+    source = Path(persist.__file__).read_text()
+    imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("indexes") for m in imported), imported
+    assert "_table" not in source and "_indexes" not in source
+    assert persist._fsync_dir is persist.fsync_dir
