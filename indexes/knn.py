@@ -398,6 +398,8 @@ class _FaissIndex(MetricIndex):
     1.25 x the largest row norm at build time; a row beyond it makes the index stale (rebuilt)."""
 
     HEADROOM = 1.25
+    #: the FAISS index (set by the subclass)
+    index: Any
 
     def __init__(self, spec: IndexSpec, dim: int) -> None:
         super().__init__(spec, dim)

@@ -208,7 +208,8 @@ def read(directory: Path) -> tuple[Path, dict[str, Any]]:
             raise TypeError("files")
     except (KeyError, TypeError, ValueError) as exc:
         raise StorageError(f"{path}: manifest is damaged ({exc})") from exc
-    entries = m.get("indexes") if isinstance(m.get("indexes"), dict) else {}
+    raw = m.get("indexes")
+    entries: dict[str, Any] = raw if isinstance(raw, dict) else {}  # absent from the earliest snapshots
     indexes: dict[str, dict[str, Any]] = {}
     for key, entry in entries.items():
         if not isinstance(entry, dict):

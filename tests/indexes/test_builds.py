@@ -35,7 +35,7 @@ def _start(iset: IndexSet, spec: IndexSpec, progress: Paused) -> tuple[threading
     def run() -> None:
         try:
             iset.add_index(spec, progress=progress)
-        except BaseException as exc:  # handed to the test thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -52,7 +52,7 @@ def _completes(fn) -> None:
     def run() -> None:
         try:
             fn()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)
         done.set()
 
