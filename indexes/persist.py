@@ -1,5 +1,8 @@
 """Atomic save and load of an IndexSet directory, with a manifest that proves what is inside.
 
+What is written is an `IndexSet.state()` (plain data: arrays, dicts, serialised FAISS indexes) and
+what is read is handed to `IndexSet.restore`: this module knows files, not indexes (issue 12).
+
 Layout: `manifest.json` (format, version, dim, count, last_seq, specs, per-index state (the CED
 lift's radius, the certificate's statistics), and the
 size and sha256 of every other file), `ids.npy` and `rows.npy` (the table), and per hnsw/ivf index
