@@ -21,8 +21,14 @@ labels, IDSelectorBatch over IVF's ids) and answer "approximate".
 
 Thread safety: searches run concurrently under a readers-writer lock; writes are serialised by a
 mutex, prepared (validated, embedded) while searches continue, and applied under the write lock,
-so a search sees a batch entirely or not at all. Index builds run under the read lock and are
-installed under the write lock.
+so a search sees a batch entirely or not at all. An index is built (`add_index`) from a copy of the
+rows taken under the write mutex, with no lock held, while writes go on; the ids they touch are
+recorded, replayed into the new index under the write mutex, and the index installed under the
+write lock (issue 12).
+
+Persistence (issue 12): `IndexSet.state()` / `IndexSet.restore(state)` and, per index,
+`MetricIndex.state()` / `restore(spec, dim, state)` are plain data (numpy arrays, dicts, the bytes of
+`faiss.serialize_index`); indexes/persist.py writes and reads them with its manifest.
 """
 
 from __future__ import annotations
@@ -37,19 +43,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import Conflict, InvalidInput, LogitsearchError, NotFound
+from core.errors import Conflict, InvalidInput, LogitsearchError, NotFound, StorageError
+from core.metrics import INDEXABLE, TEMPERED
 from core.validate import as_rows, check_k, check_temperature
-from indexes import embed, exact
+from indexes import embed, exact, persist
 from indexes.table import Table
-
-if TYPE_CHECKING:
-    from indexes.persist import Captured
 
 IndexMetric = Literal["euc", "cos", "tri", "ced"]
 Kind = Literal["flat", "hnsw", "ivf"]
@@ -58,7 +62,6 @@ Ids = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-METRICS: tuple[str, ...] = ("euc", "cos", "tri", "ced")
 KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
 #: defaults reach recall@10 >= 0.95 for every metric on the dev data (tests/indexes)
 DEFAULT_PARAMS: dict[str, dict[str, int]] = {
@@ -103,11 +106,11 @@ class IndexSpec:
     params: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise InvalidInput("metric", f"unknown index metric {self.metric!r}; known: {', '.join(METRICS)}")
+        if self.metric not in INDEXABLE:
+            raise InvalidInput("metric", f"unknown index metric {self.metric!r}; known: {', '.join(INDEXABLE)}")
         if self.kind not in KINDS:
             raise InvalidInput("kind", f"unknown index kind {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.metric in ("tri", "ced"):
+        if self.metric in TEMPERED:
             if self.temperature is None:
                 raise InvalidInput("temperature", f"required for {self.metric}")
             object.__setattr__(self, "temperature", check_temperature(self.temperature))
@@ -296,6 +299,37 @@ class MetricIndex(ABC):
         """FAISS's kp best (values, ids or table positions) per embedded query, -1 padded; with `rows`
         (table positions), among those rows only."""
 
+    def state(self) -> dict[str, Any]:
+        """This index as plain data (copies) for `restore`: "stats", the certificate's statistics
+        [norm, pmin, pmax]; hnsw and ivf add "faiss" (faiss.serialize_index's uint8 array) and
+        "radius" (the CED lift's), hnsw "labels" (int64 id of each HNSW label) and "alive" (bool).
+        A flat index is a pure function of the table's rows, so its state is the statistics alone."""
+        st = self.stats
+        return {"stats": [st.norm, st.pmin, st.pmax]}
+
+    @classmethod
+    def restore(cls, spec: IndexSpec, dim: int, state: Mapping[str, Any], *, id_offset: int = 0) -> MetricIndex:
+        """The index `state()` described, every id shifted by `id_offset`; StorageError naming the key
+        when the state is damaged. A state without "stats" (snapshots written before they were kept)
+        leaves them to the build. A flat index gets its table column from `IndexSet.restore`."""
+        ix = cls(spec, dim)
+        raw = state.get("stats")
+        if raw is not None:
+            try:
+                norm, pmin, pmax = (float(v) for v in raw)
+            except (TypeError, ValueError) as exc:
+                raise StorageError(f"the state of {spec.key} is damaged (stats: {exc})") from None
+            ix.stats = embed.Stats(norm, pmin, pmax)
+        ix._restore(state, id_offset)
+        return ix
+
+    def _restore(self, state: Mapping[str, Any], id_offset: int) -> None:
+        return None
+
+    def holds(self, ids: Ids) -> bool:
+        """True when the index holds exactly the table ids `ids` (a restored index must)."""
+        return True
+
 
 def _embed_table(spec: IndexSpec, table: Table, progress: Callable[[float], None] | None,
                  sink: Callable[[int, F32], None]) -> embed.Stats:
@@ -364,6 +398,8 @@ class _FaissIndex(MetricIndex):
     1.25 x the largest row norm at build time; a row beyond it makes the index stale (rebuilt)."""
 
     HEADROOM = 1.25
+    #: the FAISS index (set by the subclass)
+    index: Any
 
     def __init__(self, spec: IndexSpec, dim: int) -> None:
         super().__init__(spec, dim)
@@ -388,6 +424,27 @@ class _FaissIndex(MetricIndex):
         super().upsert(ids, E, stats)
         if self.mips and stats.norm > self.radius:
             self.overflow = True
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "radius": self.radius, "faiss": faiss.serialize_index(self.index)}
+
+    def _restored_index(self, state: Mapping[str, Any]) -> Any:
+        key = self.spec.key
+        try:
+            self.radius = float(state["radius"])
+            data = state["faiss"]
+            blob = (np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview))
+                    else np.ascontiguousarray(data, dtype=np.uint8))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StorageError(f"the state of {key} is damaged (no {exc})" if isinstance(exc, KeyError)
+                               else f"the state of {key} is damaged ({exc})") from None
+        try:
+            index = faiss.deserialize_index(blob)
+        except RuntimeError:
+            raise StorageError(f"cannot read the FAISS index of {key}") from None
+        if index.d != self.fwidth:
+            raise StorageError(f"the FAISS index of {key} has dimension {index.d}, expected {self.fwidth}")
+        return index
 
 
 class HnswIndex(_FaissIndex):
@@ -435,6 +492,35 @@ class HnswIndex(_FaissIndex):
 
     def stale(self, n: int) -> bool:
         return self.overflow or self.dead > max(16, TOMBSTONE_FRACTION * self.index.ntotal)
+
+    def state(self) -> dict[str, Any]:
+        n = self.index.ntotal
+        return {**super().state(), "labels": self.label_ids[:n].copy(), "alive": self.alive[:n].copy()}
+
+    def _restore(self, state: Mapping[str, Any], id_offset: int) -> None:
+        index = self._restored_index(state)
+        n = index.ntotal
+        labels = self._restored_array(state, "labels", np.int64, n)
+        alive = self._restored_array(state, "alive", np.bool_, n)
+        self.index = index
+        self.index.hnsw.efSearch = self.spec.params["ef_search"]
+        self.label_ids = labels + id_offset
+        self.alive = alive.copy()
+        live = np.flatnonzero(self.alive)
+        self.label_of = dict(zip(self.label_ids[live].tolist(), live.tolist()))
+        self.dead = n - live.size
+
+    def _restored_array(self, state: Mapping[str, Any], name: str, dtype: Any, n: int) -> npt.NDArray[Any]:
+        a = state.get(name)
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != (n,):
+            got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise StorageError(f"the state of {self.spec.key} is damaged ({name}: {got}, expected "
+                               f"{np.dtype(dtype)} ({n},))")
+        return a
+
+    def holds(self, ids: Ids) -> bool:
+        live = self.label_ids[self.alive]
+        return live.size == ids.size and bool(np.array_equal(np.sort(live), np.sort(ids)))
 
     def candidates(self, V: F32, kp: int, table: Table, rows: Ids | None = None) -> tuple[F64, Ids]:
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
@@ -488,6 +574,15 @@ class IvfIndex(_FaissIndex):
     def ready(self) -> bool:
         return bool(self.index.is_trained)
 
+    def _restore(self, state: Mapping[str, Any], id_offset: int) -> None:
+        self.index = self._restored_index(state)
+        self.index.nprobe = self.spec.params["nprobe"]
+        if id_offset:
+            _shift_ivf_ids(self.index, id_offset)
+
+    def holds(self, ids: Ids) -> bool:
+        return not self.ready() or int(self.index.ntotal) == ids.size
+
     def stale(self, n: int) -> bool:
         return self.overflow or (not self.ready() and n >= IVF_POINTS_PER_LIST * self.spec.params["nlist"])
 
@@ -513,6 +608,19 @@ class IvfIndex(_FaissIndex):
         D, ids = _faiss_call("search", self.index.search, self._query(V), kp, params=params)
         del selector
         return D.astype(np.float64), ids
+
+
+def _shift_ivf_ids(index: Any, offset: int) -> None:
+    """Add `offset` to every id stored in an IVF index's inverted lists, in place (order kept)."""
+    inv = faiss.extract_index_ivf(index).invlists
+    if inv is None:
+        raise StorageError("an IVF index without inverted lists")
+    for lst in range(inv.nlist):
+        n = inv.list_size(lst)
+        if n:
+            ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy() + offset
+            codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size).copy()
+            inv.update_entries(lst, 0, n, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
 
 
 _KIND_CLASS: dict[str, type[MetricIndex]] = {"flat": FlatIndex, "hnsw": HnswIndex, "ivf": IvfIndex}
@@ -553,6 +661,13 @@ def _kprime(k: int) -> int:
     return max(20 * k, 200)
 
 
+@dataclass
+class _Build:
+    """An index being built by `IndexSet.add_index`: the ids written since its rows were copied."""
+
+    touched: list[Ids] = field(default_factory=list)
+
+
 class IndexSet:
     """All indexes of one collection over one shared in-memory table of float32 vectors (id -> row)."""
 
@@ -565,6 +680,8 @@ class IndexSet:
         self._indexes: dict[str, MetricIndex] = {}
         self._rw = RWLock()
         self._writing = threading.RLock()
+        #: key -> the build of an index under way in add_index
+        self._building: dict[str, _Build] = {}
         for spec in specs:
             self.add_index(spec)
 
@@ -627,6 +744,8 @@ class IndexSet:
                 for key, ix in self._indexes.items():
                     ix.upsert(a, *prepared[key])
                 self.last_seq = seq
+                for build in self._building.values():
+                    build.touched.append(a)
             self._maintain()
 
     def remove(self, ids: Any, seq: int) -> int:
@@ -640,6 +759,8 @@ class IndexSet:
                 for ix in self._indexes.values():
                     ix.remove(present)
                 self.last_seq = seq
+                for build in self._building.values():
+                    build.touched.append(present)
             self._maintain()
             return int(present.size)
 
@@ -663,23 +784,75 @@ class IndexSet:
                 self._table.compact()
 
     def add_index(self, spec: IndexSpec, progress: Callable[[float], None] | None = None) -> None:
-        """Build an index over the current rows (progress 0..1); Conflict if its key exists."""
+        """Build an index over the rows (progress 0..1, called with no lock held) and install it.
+
+        Writes and searches go on during the build: it runs over a copy of the rows taken under the
+        write mutex; the ids written meanwhile are recorded, replayed into the new index under the
+        write mutex (searches continue) and the index is installed under the write lock, so it then
+        answers over exactly the rows the set holds. Conflict if the key exists or is being built,
+        or if `drop_index` stopped this build (then nothing is installed).
+        """
         if not isinstance(spec, IndexSpec):
             spec = IndexSpec.from_dict(spec)
+        key = spec.key
+        ix = _KIND_CLASS[spec.kind](spec, self.dim)
         with self._writing:
-            if spec.key in self._indexes:
-                raise Conflict(f"index {spec.key} exists already")
-            ix = _KIND_CLASS[spec.kind](spec, self.dim)
-            with self._rw.read():
-                col = ix.build(self._table, progress)
+            if key in self._indexes:
+                raise Conflict(f"index {key} exists already")
+            if key in self._building:
+                raise Conflict(f"index {key} is being built already")
+            build = self._building[key] = _Build()
+            rows = self._table.snapshot()
+        try:
+            col = ix.build(rows, progress)
+        except BaseException:
+            with self._writing:
+                if self._building.get(key) is build:
+                    del self._building[key]
+            raise
+        with self._writing:
+            if self._building.get(key) is not build:
+                raise Conflict(f"index {key} was dropped while it was built")
+            del self._building[key]
+            col = self._catch_up(ix, rows, col, build.touched)
             with self._rw.write():
                 if ix.column is not None and col is not None:
                     self._table.add_column(ix.column, col)
-                self._indexes[spec.key] = ix
+                self._indexes[key] = ix
+            self._maintain()
+
+    def _catch_up(self, ix: MetricIndex, built: Table, col: F32 | None, touched: list[Ids]) -> F32 | None:
+        """Bring `ix`, built over the rows `built`, up to the table (the caller holds the write
+        mutex): the ids written since are embedded again or removed, and a flat index's column is
+        put in the table's row order. Every table row not written since is in `built`, unchanged."""
+        if not touched:
+            return col  # no write since the copy: the same rows in the same order
+        t = self._table
+        ids = np.unique(np.concatenate(touched))
+        pos = t.positions(ids)
+        live, at = ids[pos >= 0], pos[pos >= 0]
+        ix.remove(ids[pos < 0])
+        E: F32 | None = None
+        if live.size:
+            E, stats = embed.rows(ix.spec.metric, ix.spec.temperature, t.rows[at])
+            ix.upsert(live, E, stats)
+        if col is None:
+            return None
+        out = np.empty((t.n, col.shape[1]), dtype=np.float32)
+        old = np.ones(t.n, dtype=bool)
+        old[at] = False
+        out[old] = col[built.positions(t.ids[old])]
+        if E is not None:
+            out[at] = E
+        return out
 
     def drop_index(self, key: str) -> None:
+        """Drop the index `key`, or stop its build (that `add_index` raises Conflict); NotFound naming
+        the indexes otherwise."""
         with self._writing:
             if key not in self._indexes:
+                if self._building.pop(key, None) is not None:
+                    return
                 raise NotFound(f"no index {key!r}; indexes: {sorted(self._indexes)}")
             with self._rw.write():
                 ix = self._indexes.pop(key)
@@ -688,14 +861,24 @@ class IndexSet:
 
     # --- searching -----------------------------------------------------------------------------
 
+    def find(self, metric: str, temperature: Any = None, kind: str | None = None) -> IndexSpec:
+        """The spec of the index answering `metric` (at `temperature`, of `kind`; with no kind the
+        first of KINDS present); InvalidInput naming the field when there is none.
+
+        The compatibility path for callers that name a metric rather than an index (service/backend.py
+        today, the benchmarks): the service picks the IndexSpec itself and passes it to `search`.
+        """
+        with self._rw.read():
+            return self._pick(metric, temperature, kind).spec
+
     def _pick(self, metric: str, temperature: Any, kind: str | None) -> MetricIndex:
-        if metric not in METRICS:
-            raise InvalidInput("metric", f"unknown metric {metric!r}; indexable: {', '.join(METRICS)}")
+        if metric not in INDEXABLE:
+            raise InvalidInput("metric", f"unknown metric {metric!r}; indexable: {', '.join(INDEXABLE)}")
         same = [ix for ix in self._indexes.values() if ix.spec.metric == metric]
         if not same:
             have = sorted({ix.spec.metric for ix in self._indexes.values()})
             raise InvalidInput("metric", f"no {metric} index; indexed metrics: {have}")
-        if metric in ("tri", "ced"):
+        if metric in TEMPERED:
             temps = sorted({ix.spec.temperature for ix in same if ix.spec.temperature is not None})
             if temperature is None:
                 raise InvalidInput("temperature", f"required for {metric}; indexed temperatures: {temps}")
@@ -716,18 +899,37 @@ class IndexSet:
         kinds = sorted(ix.spec.kind for ix in same)
         raise InvalidInput("kind", f"no {kind} index for {metric}; indexed kinds: {kinds}")
 
-    def search(self, metric: str, Q: Any, k: int, *, temperature: float | None = None,
-               kind: Kind | None = None, exact: bool = False,
-               exclude: Sequence[int | None] | None = None, allowed: Any = None) -> list[Hits]:
-        """The k nearest stored rows of each query (rows of Q), as one Hits per query.
+    def _index(self, spec: IndexSpec | str, temperature: Any, kind: str | None) -> MetricIndex:
+        if isinstance(spec, str) and "-" not in spec:
+            return self._pick(spec, temperature, kind)  # a metric name (every key has a "-"): see `find`
+        if temperature is not None or kind is not None:
+            raise InvalidInput("temperature" if temperature is not None else "kind",
+                               "given by the index spec: leave it out")
+        if isinstance(spec, IndexSpec):
+            key = spec.key
+        elif isinstance(spec, str):
+            key = spec
+        else:
+            raise InvalidInput("spec", f"must be an IndexSpec or an index key, got {type(spec).__name__}")
+        ix = self._indexes.get(key)
+        if ix is None:
+            raise NotFound(f"no index {key!r}; indexes: {sorted(self._indexes)}")
+        return ix
+
+    def search(self, spec: IndexSpec | str, Q: Any, k: int, *, exact: bool = False,
+               exclude: Sequence[int | None] | None = None, allowed: Any = None,
+               temperature: float | None = None, kind: Kind | None = None) -> list[Hits]:
+        """The k nearest stored rows of each query (rows of Q) by the index `spec` (an IndexSpec or its
+        key), as one Hits per query; NotFound naming the key and the keys present when there is none.
 
         k > count gives count hits; exclude[i] is an id left out of query i's answer; with `allowed`
         (ids; unknown ones are ignored) only those rows are searched and `Hits.matched` says how many
-        there were.
+        there were. Compatibility: a metric name as `spec`, with `temperature` and `kind`, is resolved
+        as `find` resolves it.
         """
         k = check_k(k)
         with self._rw.read():
-            ix = self._pick(metric, temperature, kind)
+            ix = self._index(spec, temperature, kind)
             A = as_rows(Q, "query", self.dim)
             QQ = np.asarray(A, dtype=np.float64)
             m = QQ.shape[0]
@@ -862,24 +1064,75 @@ class IndexSet:
 
     # --- persistence ---------------------------------------------------------------------------
 
-    def save(self, directory: Path) -> None:
-        """Write a snapshot atomically (persist.py): beside, fsync, rename."""
-        from indexes import persist
-
+    def state(self) -> dict[str, Any]:
+        """The set as plain data (copies taken under the set's locks; nothing shared with the set):
+        "dim", "last_seq", "ids" (int64 (n,)), "rows" (float32 (n, dim)), "specs" (each index's
+        IndexSpec.to_dict(), in order) and "indexes" (key -> MetricIndex.state()). An index still
+        being built is not in it."""
         with self._writing, self._rw.read():
-            persist.save(self, Path(directory))
+            return self._state(copy=True)
 
-    def capture(self) -> Captured:
-        """A copy of what `save` writes (persist.Captured), taken under the set's locks and written
-        later with `persist.write` without them: a long write then holds up no write to the set."""
-        from indexes import persist
-
-        with self._writing, self._rw.read():
-            return persist.capture(self, copy=True)
+    def _state(self, *, copy: bool) -> dict[str, Any]:
+        t = self._table
+        ids, rows = (t.ids.copy(), t.rows.copy()) if copy else (t.ids, t.rows)
+        return {"dim": self.dim, "last_seq": self.last_seq, "ids": ids, "rows": rows,
+                "specs": [ix.spec.to_dict() for ix in self._indexes.values()],
+                "indexes": {key: ix.state() for key, ix in self._indexes.items()}}
 
     @classmethod
-    def load(cls, directory: Path) -> IndexSet:
-        """Read a snapshot; StorageError for a damaged, foreign or missing directory."""
-        from indexes import persist
+    def restore(cls, state: Mapping[str, Any], *, id_offset: int = 0) -> IndexSet:
+        """The set `state()` described, every id (the table's, HNSW's labels, IVF's lists) shifted by
+        `id_offset`: a collection restored into another database gets fresh internal ids in the same
+        order (service/snapshots.py). Flat indexes are recomputed from the rows, keeping the saved
+        certificate statistics (they only widen with writes, so the restored set certifies exactly
+        what the saved one did). StorageError when the state is damaged or inconsistent."""
+        try:
+            dim, last_seq = int(state["dim"]), int(state["last_seq"])
+            specs = [IndexSpec.from_dict(s) for s in state["specs"]]
+            ids, rows, kept = state["ids"], state["rows"], state.get("indexes") or {}
+            if not isinstance(kept, Mapping):
+                raise TypeError("indexes must be a mapping")
+            iset = cls(dim)
+        except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+            raise StorageError(f"the state is damaged ({exc})") from None
+        if not (isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.ndim == 1
+                and isinstance(rows, np.ndarray) and rows.dtype == np.float32 and rows.shape == (ids.size, dim)):
+            raise StorageError("the state is damaged (ids must be int64 (n,) and rows float32 (n, dim))")
+        if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
+            raise StorageError("the state holds negative or repeated ids")
+        iset.last_seq = last_seq
+        iset._table.upsert(ids + id_offset, rows, {})
+        for spec in specs:
+            if spec.key in iset._indexes:
+                raise StorageError(f"the state holds index {spec.key} twice")
+            st = kept.get(spec.key, {})
+            if not isinstance(st, Mapping):
+                raise StorageError(f"the state of {spec.key} is damaged (not a mapping)")
+            ix = _KIND_CLASS[spec.kind].restore(spec, dim, st, id_offset=id_offset)
+            if isinstance(ix, FlatIndex):
+                saved = ix.stats
+                col = ix.build(iset._table, None)
+                if st.get("stats") is not None:
+                    ix.stats = saved
+                if ix.column is not None and col is not None:
+                    iset._table.add_column(ix.column, col)
+            if not ix.holds(iset._table.ids):
+                raise StorageError(f"{spec.key} does not hold the table's {iset.count} ids")
+            iset._indexes[spec.key] = ix
+        return iset
 
-        return persist.load(cls, Path(directory))
+    def save(self, directory: Path) -> None:
+        """Write a snapshot atomically (persist.py): beside, fsync, rename."""
+        with self._writing, self._rw.read():
+            persist.write(self._state(copy=False), Path(directory))
+
+    def capture(self) -> dict[str, Any]:
+        """`state()`, for `persist.write` to write later without the set's locks: a long write then
+        holds up no write to the set (service/snapshots.py)."""
+        return self.state()
+
+    @classmethod
+    def load(cls, directory: Path, *, id_offset: int = 0) -> IndexSet:
+        """Read a snapshot (ids shifted by `id_offset`, as `restore`); StorageError for a damaged,
+        foreign or missing directory."""
+        return persist.load(cls, Path(directory), id_offset=id_offset)

@@ -1,5 +1,8 @@
 """Atomic save and load of an IndexSet directory, with a manifest that proves what is inside.
 
+What is written is an `IndexSet.state()` (plain data: arrays, dicts, serialised FAISS indexes) and
+what is read is handed to `IndexSet.restore`: this module knows files, not indexes (issue 12).
+
 Layout: `manifest.json` (format, version, dim, count, last_seq, specs, per-index state (the CED
 lift's radius, the certificate's statistics), and the
 size and sha256 of every other file), `ids.npy` and `rows.npy` (the table), and per hnsw/ivf index
@@ -22,30 +25,32 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
-import faiss
 import numpy as np
 
-from core.errors import InvalidInput, StorageError
-from indexes.embed import Stats
+from core.errors import StorageError
 
-if TYPE_CHECKING:
-    from indexes.knn import IndexSet
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 FORMAT = "logitsearch-indexset"
 VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (or a file: the same open-fsync-close), so a rename inside it is durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: the old name, until service/snapshots.py calls fsync_dir
+_fsync_dir = fsync_dir
 
 
 def _sha256(path: Path) -> str:
@@ -82,46 +87,25 @@ def _siblings(directory: Path, tag: str) -> list[Path]:
     return sorted(directory.parent.glob(f".{directory.name}.{tag}-*"))
 
 
-@dataclass(frozen=True)
-class Captured:
-    """What `save` writes: the files as arrays (`.npy`) or raw bytes (`.faiss`), and the manifest's
-    other fields. From `capture(iset, copy=True)` it is a copy, written later without the set's locks."""
+class Restores(Protocol[T_co]):
+    """What `load` builds from a state: IndexSet (its classmethod `restore`)."""
 
-    files: list[tuple[str, np.ndarray]]
-    fields: dict[str, Any]
+    def restore(self, state: dict[str, Any], *, id_offset: int = 0) -> T_co: ...
 
 
-def capture(iset: IndexSet, *, copy: bool = False) -> Captured:
-    """The state `save` writes. Caller holds the set's locks; with `copy` the arrays are copies (and
-    FAISS indexes serialised), so the result stays valid after they are released."""
-    from indexes.knn import HnswIndex, IvfIndex
-
-    def kept(a: np.ndarray) -> np.ndarray:
-        return a.copy() if copy else a
-
-    table = iset._table
-    files = [("ids.npy", kept(table.ids)), ("rows.npy", kept(table.rows))]
-    state: dict[str, Any] = {}
-    for key, ix in iset._indexes.items():
-        if isinstance(ix, (HnswIndex, IvfIndex)):
-            files.append((f"{key}.faiss", faiss.serialize_index(ix.index)))
-        if isinstance(ix, HnswIndex):
-            n = ix.index.ntotal
-            files += [(f"{key}.labels.npy", kept(ix.label_ids[:n])), (f"{key}.alive.npy", kept(ix.alive[:n]))]
-        st = ix.stats
-        state[key] = {"radius": getattr(ix, "radius", 0.0), "stats": [st.norm, st.pmin, st.pmax]}
-    fields = {"format": FORMAT, "version": VERSION, "dim": iset.dim, "count": table.n, "last_seq": iset.last_seq,
-              "specs": [ix.spec.to_dict() for ix in iset._indexes.values()], "indexes": state}
-    return Captured(files, fields)
+#: per-index files: state field -> file name suffix
+_INDEX_FILES = {"faiss": ".faiss", "labels": ".labels.npy", "alive": ".alive.npy"}
 
 
-def save(iset: IndexSet, directory: Path) -> None:
-    """Write `iset` to `directory` atomically (module docstring). Caller holds the set's locks."""
-    write(capture(iset), directory)
-
-
-def write(captured: Captured, directory: Path) -> None:
-    """Write a captured set to `directory` atomically (module docstring)."""
+def write(state: dict[str, Any], directory: Path) -> None:
+    """Write an IndexSet's `state()` to `directory` atomically (module docstring)."""
+    files: list[tuple[str, np.ndarray]] = [("ids.npy", state["ids"]), ("rows.npy", state["rows"])]
+    kept: dict[str, Any] = {}
+    for key, st in state["indexes"].items():
+        files += [(f"{key}{suffix}", st[name]) for name, suffix in _INDEX_FILES.items() if name in st]
+        kept[key] = {"radius": st.get("radius", 0.0), "stats": st["stats"]}
+    fields = {"format": FORMAT, "version": VERSION, "dim": state["dim"], "count": int(state["ids"].shape[0]),
+              "last_seq": state["last_seq"], "specs": state["specs"], "indexes": kept}
     directory = directory.absolute()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -130,19 +114,19 @@ def write(captured: Captured, directory: Path) -> None:
         tmp.mkdir()
         try:
             w = _Writer(tmp)
-            for name, data in captured.files:
+            for name, data in files:
                 (w.array if name.endswith(".npy") else w.blob)(name, data)
-            manifest = {**captured.fields, "files": w.files}
+            manifest = {**fields, "files": w.files}
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"
             if directory.exists():
                 os.rename(directory, old)
             os.rename(tmp, directory)
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -157,7 +141,7 @@ def _recover(directory: Path) -> None:
         best = _best_fallback(directory)
         if best is not None:
             os.rename(best, directory)
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
     for p in _siblings(directory, "tmp") + _siblings(directory, "old"):
         shutil.rmtree(p, ignore_errors=True)
 
@@ -200,51 +184,21 @@ def _verified(path: Path, m: dict[str, Any], name: str) -> Path:
     return file
 
 
-def _array(path: Path, m: dict[str, Any], name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _array(path: Path, m: dict[str, Any], name: str, dtype: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
     try:
         a: np.ndarray = np.load(_verified(path, m, name), allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise StorageError(f"{path}: cannot read {name}: {exc}") from exc
-    if a.dtype != dtype or a.shape != shape:
-        raise StorageError(f"{path}: {name} has {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}")
+    if a.dtype != dtype or (a.shape != shape if shape is not None else a.ndim != 1):
+        want = shape if shape is not None else "(n,)"
+        raise StorageError(f"{path}: {name} has {a.dtype} {a.shape}, expected {np.dtype(dtype)} {want}")
     return a
 
 
-def _stats(m: dict[str, Any], key: str) -> Stats | None:
-    """The certificate statistics the set had when saved (they only widen with writes, so the loaded
-    set certifies exactly what the saved one did); None for snapshots written before they were kept."""
-    entry = m["indexes"].get(key) if isinstance(m.get("indexes"), dict) else None
-    raw = entry.get("stats") if isinstance(entry, dict) else None
-    if raw is None:
-        return None
-    try:
-        norm, pmin, pmax = (float(v) for v in raw)
-    except (TypeError, ValueError) as exc:
-        raise StorageError(f"manifest is damaged (stats of {key})") from exc
-    return Stats(norm, pmin, pmax)
-
-
-def _shift_ivf_ids(index: Any, offset: int) -> None:
-    """Add `offset` to every id stored in an IVF index's inverted lists, in place (order kept)."""
-    inv = faiss.extract_index_ivf(index).invlists
-    if inv is None:
-        raise StorageError("an IVF index without inverted lists")
-    for lst in range(inv.nlist):
-        n = inv.list_size(lst)
-        if n:
-            ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy() + offset
-            codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size).copy()
-            inv.update_entries(lst, 0, n, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
-
-
-def load(cls: type[IndexSet], directory: Path, *, id_offset: int = 0) -> IndexSet:
-    """Read a snapshot written by `save`; StorageError if it is missing, damaged or foreign.
-
-    `id_offset` is added to every id (the table's, HNSW's labels, IVF's lists): a collection
-    restored into another database gets fresh internal ids in the same order (service/snapshots.py).
-    """
-    from indexes.knn import _KIND_CLASS, HnswIndex, IndexSpec, IvfIndex
-
+def read(directory: Path) -> tuple[Path, dict[str, Any]]:
+    """(the directory read, the IndexSet state it holds) from a snapshot written by `write`: every
+    size and checksum checked against the manifest; StorageError if missing, damaged or foreign.
+    Falls back to a complete copy a crashed save left beside it (module docstring)."""
     directory = directory.absolute()
     path = directory
     if not (directory / MANIFEST).exists():
@@ -252,59 +206,40 @@ def load(cls: type[IndexSet], directory: Path, *, id_offset: int = 0) -> IndexSe
     m = _manifest(path)
     try:
         dim, count, last_seq = int(m["dim"]), int(m["count"]), int(m["last_seq"])
-        specs = [IndexSpec.from_dict(s) for s in m["specs"]]
+        specs = list(m["specs"])
         if not isinstance(m["files"], dict):
             raise TypeError("files")
-    except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise StorageError(f"{path}: manifest is damaged ({exc})") from exc
+    raw = m.get("indexes")
+    entries: dict[str, Any] = raw if isinstance(raw, dict) else {}  # absent from the earliest snapshots
+    indexes: dict[str, dict[str, Any]] = {}
+    for key, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise StorageError(f"{path}: manifest is damaged (state of {key})")
+        indexes[key] = {name: entry[name] for name in ("radius", "stats") if name in entry}
+    for name in m["files"]:
+        for field, suffix in _INDEX_FILES.items():
+            if name.endswith(suffix) and len(name) > len(suffix):
+                key = name.removesuffix(suffix)
+                st = indexes.setdefault(key, {})
+                st[field] = (np.fromfile(_verified(path, m, name), dtype=np.uint8) if field == "faiss"
+                             else _array(path, m, name, np.int64 if field == "labels" else np.bool_))
+                break
     ids = _array(path, m, "ids.npy", np.int64, (count,))
     rows = _array(path, m, "rows.npy", np.float32, (count, dim))
-    if count and (ids.min() < 0 or np.unique(ids).size != count):
-        raise StorageError(f"{path}: ids.npy holds negative or repeated ids")
-    ids = ids + id_offset
-    iset = cls(dim)
-    iset.last_seq = last_seq
-    iset._table.upsert(ids, rows, {})
-    for spec in specs:
-        stats = _stats(m, spec.key)
-        if spec.kind == "flat":
-            iset.add_index(spec)
-            if stats is not None:
-                iset._indexes[spec.key].stats = stats
-            continue
-        ix = _KIND_CLASS[spec.kind](spec, dim)
-        if not isinstance(ix, (HnswIndex, IvfIndex)):
-            continue
-        try:
-            ix.radius = float(m["indexes"][spec.key]["radius"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StorageError(f"{path}: manifest is damaged (state of {spec.key})") from exc
-        blob = np.fromfile(_verified(path, m, f"{spec.key}.faiss"), dtype=np.uint8)
-        try:
-            index = faiss.deserialize_index(blob)
-        except RuntimeError as exc:
-            raise StorageError(f"{path}: cannot read {spec.key}.faiss") from exc
-        if index.d != ix.fwidth:
-            raise StorageError(f"{path}: {spec.key}.faiss has dimension {index.d}, expected {ix.fwidth}")
-        if isinstance(ix, HnswIndex):
-            n = index.ntotal
-            ix.index = index
-            ix.index.hnsw.efSearch = spec.params["ef_search"]
-            ix.label_ids = _array(path, m, f"{spec.key}.labels.npy", np.int64, (n,)) + id_offset
-            ix.alive = _array(path, m, f"{spec.key}.alive.npy", np.bool_, (n,))
-            live = np.flatnonzero(ix.alive)
-            ix.label_of = dict(zip(ix.label_ids[live].tolist(), live.tolist()))
-            ix.dead = n - live.size
-            if live.size != count or not np.array_equal(np.sort(ix.label_ids[live]), np.sort(ids)):
-                raise StorageError(f"{path}: {spec.key} does not hold the table's ids")
-        elif isinstance(ix, IvfIndex):
-            ix.index = index
-            ix.index.nprobe = spec.params["nprobe"]
-            if ix.index.is_trained and ix.index.ntotal != count:
-                raise StorageError(f"{path}: {spec.key} holds {ix.index.ntotal} vectors, the table {count}")
-            if id_offset:
-                _shift_ivf_ids(ix.index, id_offset)
-        if stats is not None:
-            ix.stats = stats
-        iset._indexes[spec.key] = ix
-    return iset
+    return path, {"dim": dim, "last_seq": last_seq, "ids": ids, "rows": rows, "specs": specs, "indexes": indexes}
+
+
+def load(cls: Restores[T], directory: Path, *, id_offset: int = 0) -> T:
+    """`cls.restore` of the state `read` finds in `directory` (IndexSet.load); StorageError, naming
+    the directory, if it is missing, damaged, foreign or inconsistent.
+
+    `id_offset` is added to every id (the table's, HNSW's labels, IVF's lists): a collection
+    restored into another database gets fresh internal ids in the same order (service/snapshots.py).
+    """
+    path, state = read(directory)
+    try:
+        return cls.restore(state, id_offset=id_offset)
+    except StorageError as exc:
+        raise StorageError(f"{path}: {exc}") from exc

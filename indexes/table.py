@@ -33,6 +33,16 @@ class Table:
         self._pos: dict[int, int] = {}
         self._sorted: tuple[Ids, Ids] | None = None  # (ids sorted, their positions); None after a write
 
+    def snapshot(self) -> Table:
+        """A copy of the live ids and rows (no derived columns): what an index build reads while
+        writes go on (IndexSet.add_index)."""
+        t = Table(self.dim)
+        t._n = self._n
+        t._ids = self.ids.copy()
+        t._rows = self.rows.copy()
+        t._pos = dict(self._pos)
+        return t
+
     @property
     def n(self) -> int:
         return self._n
@@ -78,9 +88,6 @@ class Table:
 
     def drop_column(self, name: str) -> None:
         self._cols.pop(name, None)
-
-    def columns(self) -> list[str]:
-        return list(self._cols)
 
     def _reserve(self, n: int) -> None:
         cap = self._rows.shape[0]

@@ -47,7 +47,7 @@ def test_a_certified_tri_answer_always_equals_brute_force(data, n, d, k, t, leve
     with pytest.MonkeyPatch.context() as mp:
         # few candidates beyond k: the certificate is tested where it is tightest
         mp.setattr(knn, "_kprime", lambda k: k + spare)
-        hits = iset.search("tri", Q, k, temperature=t)
+        hits = iset.search(IndexSpec("tri", t), Q, k)
     for q, h in zip(Q, hits):
         truth = brute("tri", q, X, t)
         kth = np.sort(truth)[k - 1]

@@ -49,18 +49,18 @@ def test_specs_fill_defaults_have_stable_keys_and_round_trip_through_dicts():
 
 
 @pytest.mark.parametrize("call,field", [
-    (lambda s: s.search("euc", np.ones(5), 3), "query"),
-    (lambda s: s.search("euc", [[1, 2, np.inf, 4]], 3), "query"),
-    (lambda s: s.search("euc", np.ones(4), 0), "k"),
-    (lambda s: s.search("jsd", np.ones(4), 3), "metric"),
-    (lambda s: s.search("cos", np.ones(4), 3), "metric"),
-    (lambda s: s.search("tri", np.ones(4), 3), "temperature"),
-    (lambda s: s.search("tri", np.ones(4), 3, temperature=3.0), "temperature"),
-    (lambda s: s.search("tri", np.ones(4), 3, temperature=-1.0), "temperature"),
-    (lambda s: s.search("euc", np.ones(4), 3, temperature=3.0), "temperature"),
-    (lambda s: s.search("euc", np.ones(4), 3, kind="ivf"), "kind"),
-    (lambda s: s.search("euc", np.ones(4), 3, kind="annoy"), "kind"),
-    (lambda s: s.search("euc", np.ones((2, 4)), 3, exclude=[1]), "exclude"),
+    (lambda s: s.search(IndexSpec("euc"), np.ones(5), 3), "query"),
+    (lambda s: s.search(IndexSpec("euc"), [[1, 2, np.inf, 4]], 3), "query"),
+    (lambda s: s.search(IndexSpec("euc"), np.ones(4), 0), "k"),
+    (lambda s: s.find("jsd"), "metric"),
+    (lambda s: s.find("cos"), "metric"),
+    (lambda s: s.find("tri"), "temperature"),
+    (lambda s: s.find("tri", 3.0), "temperature"),
+    (lambda s: s.find("tri", -1.0), "temperature"),
+    (lambda s: s.find("euc", 3.0), "temperature"),
+    (lambda s: s.find("euc", kind="ivf"), "kind"),
+    (lambda s: s.find("euc", kind="annoy"), "kind"),
+    (lambda s: s.search(IndexSpec("euc"), np.ones((2, 4)), 3, exclude=[1]), "exclude"),
     (lambda s: s.upsert([1, 2], np.ones((3, 4)), seq=2), "vectors"),
     (lambda s: s.upsert([1], np.ones((1, 3)), seq=2), "vectors"),
     (lambda s: s.upsert([-1], np.ones((1, 4)), seq=2), "ids"),
@@ -77,7 +77,7 @@ def test_bad_calls_raise_invalid_input_naming_the_field(iset, call, field):
 
 def test_unindexed_temperature_lists_the_indexed_ones(iset):
     with pytest.raises(InvalidInput, match=r"no tri index at t=3; indexed temperatures: \[10.0, 100.0\]"):
-        iset.search("tri", np.ones(4), 3, temperature=3)
+        iset.find("tri", 3)
 
 
 def test_lookups_of_missing_things_are_not_found_and_duplicates_conflict(iset):
@@ -98,3 +98,20 @@ def test_faiss_failures_become_our_error_with_the_cause_kept():
     with pytest.raises(LogitsearchError, match="out of memory") as err:
         knn._faiss_call("search", boom)
     assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_searching_an_index_the_set_lacks_is_not_found_naming_it_and_the_keys_present(iset):
+    """Issue 12: the caller picks the index; a spec or key the set does not hold is NotFound."""
+    for spec in (IndexSpec("ced", 1.0), "ced-t1-flat", IndexSpec("tri", 10.0, "hnsw")):
+        with pytest.raises(NotFound) as err:
+            iset.search(spec, np.ones(4), 3)
+        key = spec if isinstance(spec, str) else spec.key
+        assert key in str(err.value) and "['euc-flat', 'tri-t10-flat', 'tri-t100-hnsw']" in str(err.value)
+    with pytest.raises(InvalidInput) as bad:
+        iset.search(IndexSpec("tri", 10.0), np.ones(4), 3, temperature=10.0)
+    assert bad.value.field == "temperature"
+    assert iset.find("tri", 100.0) == IndexSpec("tri", 100.0, "hnsw") and iset.find("euc") == IndexSpec("euc")
+    a = iset.search(iset.find("tri", 10.0), np.ones(4), 3)[0]
+    b = iset.search("tri", np.ones(4), 3, temperature=10.0)[0]  # the compatibility form
+    c = iset.search("tri-t10-flat", np.ones(4), 3)[0]
+    assert a.ids.tolist() == b.ids.tolist() == c.ids.tolist()

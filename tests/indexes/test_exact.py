@@ -37,7 +37,7 @@ def test_scan_is_exact_for_extreme_logits_at_the_lowest_temperature(rng, metric)
     iset = IndexSet(20, [IndexSpec(metric, 0.01)])
     iset.upsert(np.arange(300), X, seq=1)
     Q = np.concatenate([X[:3].astype(np.float64), rng.uniform(-1e4, 1e4, (3, 20))])
-    for q, h in zip(Q, iset.search(metric, Q, 8, temperature=0.01, exact=True)):
+    for q, h in zip(Q, iset.search(IndexSpec(metric, 0.01), Q, 8, exact=True)):
         assert_knn(h, metric, q, np.arange(300), X, 8, 0.01)
 
 

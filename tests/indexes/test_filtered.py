@@ -47,7 +47,7 @@ def test_filtered_flat_search_is_brute_force_over_the_allowed_rows(data, size):
     keep = np.isin(ids, allowed)
     hows = set()
     for metric, t in [("euc", None), ("cos", None)] + [(m, t) for m in ("tri", "ced") for t in TEMPS]:
-        hits = flat.search(metric, Q, 10, temperature=t, allowed=allowed)
+        hits = flat.search(IndexSpec(metric, t), Q, 10, allowed=allowed)
         for q, h in zip(Q, hits):
             assert h.matched == size and np.isin(h.ids, allowed).all()
             assert_knn(h, metric, q, ids[keep], X[keep], 10, t, rtol=1e-9)
@@ -65,7 +65,7 @@ def test_tri_falls_back_to_a_scan_of_the_allowed_rows_when_the_certificate_fails
     # a certificate that never holds: every answer must come from the scan of the allowed rows
     monkeypatch.setattr("indexes.exact.lower_bound", lambda *a, **k: np.full(len(a[2]), -np.inf))
     for t in TEMPS:
-        for q, h in zip(Q, flat.search("tri", Q, 8, temperature=t, allowed=allowed)):
+        for q, h in zip(Q, flat.search(IndexSpec("tri", t), Q, 8, allowed=allowed)):
             assert h.how == "scanned"
             assert_knn(h, "tri", q, ids[keep], X[keep], 8, t, rtol=1e-9)
 
@@ -73,21 +73,26 @@ def test_tri_falls_back_to_a_scan_of_the_allowed_rows_when_the_certificate_fails
 def test_k_beyond_the_allowed_rows_returns_all_of_them_and_unknown_ids_are_ignored(data):
     ids, X, Q, flat, approx, _ = data
     allowed = np.concatenate([ids[:5], [10**12 + 1]])  # one id nobody stored
-    for iset, metric, t in ((flat, "tri", 100.0), (approx, "tri", 100.0), (approx, "euc", None)):
-        hits = iset.search(metric, Q[:2], 50, temperature=t, allowed=allowed)
+    for iset, metric, t, kind in ((flat, "tri", 100.0, "flat"), (approx, "tri", 100.0, "hnsw"),
+                                  (approx, "euc", None, "ivf")):
+        hits = iset.search(IndexSpec(metric, t, kind), Q[:2], 50, allowed=allowed)
         for q, h in zip(Q, hits):
             assert h.matched == 5 and sorted(h.ids.tolist()) == sorted(ids[:5].tolist())
             assert_knn(h, metric, q, ids[:5], X[:5], 50, t, rtol=1e-9)
-    empty = flat.search("euc", Q[:1], 5, allowed=np.array([10**12 + 1]))[0]
+    empty = flat.search(IndexSpec("euc"), Q[:1], 5, allowed=np.array([10**12 + 1]))[0]
     assert empty.ids.size == 0 and empty.matched == 0
 
 
 def test_the_query_point_is_left_out_of_a_filtered_answer(data):
     ids, X, _, flat, _, _ = data
     allowed = ids[:4000]
-    h = flat.search("euc", X[:1], 5, allowed=allowed, exclude=[int(ids[0])])[0]
+    h = flat.search(IndexSpec("euc"), X[:1], 5, allowed=allowed, exclude=[int(ids[0])])[0]
     assert int(ids[0]) not in h.ids.tolist()
     assert_knn(h, "euc", X[0], ids[:4000], X[:4000], 5, exclude=int(ids[0]), rtol=1e-9)
+
+
+#: the kind of the approximate index of each metric in `data`'s approx set
+APPROX_KIND = {"tri": "hnsw", "euc": "ivf"}
 
 
 @pytest.mark.parametrize(("metric", "t"), [("tri", 100.0), ("euc", None)])
@@ -95,17 +100,17 @@ def test_hnsw_and_ivf_answer_with_allowed_ids_only_and_say_approximate(data, met
     ids, X, Q, _, approx, rng = data
     for size in (FILTER_SCAN_ROWS + 500, 6000):
         allowed = _subset(ids, rng, size)
-        hits = approx.search(metric, Q, 10, temperature=t, allowed=allowed)
+        hits = approx.search(IndexSpec(metric, t, APPROX_KIND[metric]), Q, 10, allowed=allowed)
         assert all(h.how == "approximate" and h.matched == size for h in hits)
         assert all(np.isin(h.ids, allowed).all() and len(h.ids) == 10 for h in hits)
         keep = np.isin(ids, allowed)
-        exact = approx.search(metric, Q, 10, temperature=t, allowed=allowed, exact=True)
+        exact = approx.search(IndexSpec(metric, t, APPROX_KIND[metric]), Q, 10, allowed=allowed, exact=True)
         for q, h in zip(Q, exact):
             assert h.how == "scanned"
             assert_knn(h, metric, q, ids[keep], X[keep], 10, t, rtol=1e-9)
     few = _subset(ids, rng, 100)  # below the threshold: an exact scan, whatever the index
     keep = np.isin(ids, few)
-    for q, h in zip(Q, approx.search(metric, Q, 10, temperature=t, allowed=few)):
+    for q, h in zip(Q, approx.search(IndexSpec(metric, t, APPROX_KIND[metric]), Q, 10, allowed=few)):
         assert h.how == "scanned"
         assert_knn(h, metric, q, ids[keep], X[keep], 10, t, rtol=1e-9)
 
@@ -117,7 +122,7 @@ def test_removed_rows_never_come_back_from_a_filtered_hnsw_search(rng):
     iset.upsert(ids, X, seq=1)
     iset.remove(ids[:200], seq=2)  # tombstones, below the rebuild fraction
     allowed = ids[: 3000]
-    for h in iset.search("euc", X[:20], 10, allowed=allowed):
+    for h in iset.search(IndexSpec("euc", kind="hnsw"), X[:20], 10, allowed=allowed):
         assert np.isin(h.ids, ids[200:3000]).all() and h.matched == 2800
 
 
@@ -128,7 +133,7 @@ def test_candidates_from_many_gathered_blocks_still_certify_exact_answers(data, 
     keep = np.isin(ids, allowed)
     for metric, t in (("euc", None), ("cos", None), ("tri", 100.0), ("ced", 1.0)):
         hows = []
-        for q, h in zip(Q, flat.search(metric, Q, 10, temperature=t, allowed=allowed)):
+        for q, h in zip(Q, flat.search(IndexSpec(metric, t), Q, 10, allowed=allowed)):
             assert_knn(h, metric, q, ids[keep], X[keep], 10, t, rtol=1e-9)
             hows.append(h.how)
         assert "certified" in hows, (metric, hows)  # the merged candidates are the subset's best

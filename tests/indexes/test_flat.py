@@ -17,7 +17,7 @@ def _specs(temps):
 
 def _check_all(iset, ids, X, Q, k, temps, hows=None):
     for metric, t in [("euc", None), ("cos", None)] + [(m, t) for m in ("tri", "ced") for t in temps]:
-        hits = iset.search(metric, Q, k, temperature=t)
+        hits = iset.search(IndexSpec(metric, t), Q, k)
         assert len(hits) == len(Q)
         for q, h in zip(Q, hits):
             assert h.how in ("certified", "scanned")
@@ -64,7 +64,7 @@ def test_flat_batches_take_faiss_blas_path_and_stay_exact(imagenet, metric, t):
     Q = np.asarray(imagenet[0][1200:1224], dtype=np.float64)
     iset = IndexSet(1000, [IndexSpec(metric, t)])
     iset.upsert(np.arange(1200), X, seq=1)
-    hits = iset.search(metric, Q, 10, temperature=t)
+    hits = iset.search(IndexSpec(metric, t), Q, 10)
     for q, h in zip(Q, hits):
         assert_knn(h, metric, q, np.arange(1200), X, 10, t)
     assert sum(h.how == "certified" for h in hits) >= 8
@@ -84,7 +84,7 @@ def test_identical_rows_cannot_be_certified_and_are_scanned(rng):
     X = np.repeat(rng.normal(0, 1, (1, 8)).astype(np.float32), 200, axis=0)
     iset = IndexSet(8, [IndexSpec("tri", 10.0)])
     iset.upsert(np.arange(200), X, seq=1)
-    (h,) = iset.search("tri", X[0], 5, temperature=10.0)
+    (h,) = iset.search(IndexSpec("tri", 10.0), X[0], 5)
     assert h.how == "scanned"
     assert h.ids.tolist() == [0, 1, 2, 3, 4]  # ties go to the smaller id
     np.testing.assert_allclose(h.distances, 0.0, atol=1e-20)  # rounding of two softmax routes
@@ -96,7 +96,7 @@ def test_search_by_stored_id_excludes_it(imagenet):
     iset = IndexSet(1000, [IndexSpec("tri", 10.0), IndexSpec("euc")])
     iset.upsert(ids, X, seq=1)
     for metric, t in (("tri", 10.0), ("euc", None)):
-        hits = iset.search(metric, X[[3, 5]], 10, temperature=t, exclude=[3, None])
+        hits = iset.search(IndexSpec(metric, t), X[[3, 5]], 10, exclude=[3, None])
         assert 3 not in hits[0].ids and hits[1].ids[0] == 5
         assert_knn(hits[0], metric, X[3], ids, X, 10, t, exclude=3)
         assert_knn(hits[1], metric, X[5], ids, X, 10, t)
@@ -106,16 +106,16 @@ def test_k_larger_than_count_returns_every_row(rng):
     X = rng.normal(0, 1, (7, 5))
     iset = IndexSet(5, [IndexSpec("ced", 1.0)])
     iset.upsert(np.arange(7), X, seq=1)
-    (h,) = iset.search("ced", X[0], 50, temperature=1.0)
+    (h,) = iset.search(IndexSpec("ced", 1.0), X[0], 50)
     assert sorted(h.ids.tolist()) == list(range(7))
     assert_knn(h, "ced", X[0], np.arange(7), X.astype(np.float32), 50, 1.0)
 
 
 def test_empty_index_answers_with_no_hits(rng):
     iset = IndexSet(4, [IndexSpec("euc"), IndexSpec("tri", 1.0, "hnsw")])
-    hits = iset.search("euc", rng.normal(size=(3, 4)), 5)
+    hits = iset.search(IndexSpec("euc"), rng.normal(size=(3, 4)), 5)
     assert [len(h.ids) for h in hits] == [0, 0, 0] and iset.count == 0
-    assert len(iset.search("tri", np.ones(4), 5, temperature=1.0)[0].ids) == 0
+    assert len(iset.search(IndexSpec("tri", 1.0, "hnsw"), np.ones(4), 5)[0].ids) == 0
 
 
 @pytest.mark.parametrize("d", [1, 3, 17, 33])
@@ -125,7 +125,7 @@ def test_flat_handles_any_width_and_float32_or_noncontiguous_queries(rng, d):
     iset.upsert(np.arange(120), X, seq=1)
     Q = np.asfortranarray(rng.normal(0, 3, (4, 2 * d))[:, ::2].astype(np.float32))
     for metric, t in (("tri", 1.0), ("cos", None), ("ced", 0.5)):
-        for q, h in zip(Q, iset.search(metric, Q, 6, temperature=t)):
+        for q, h in zip(Q, iset.search(IndexSpec(metric, t), Q, 6)):
             assert_knn(h, metric, q, np.arange(120), X, 6, t)
 
 
@@ -139,7 +139,7 @@ def test_few_queries_take_faiss_direct_path_and_batches_blas(rng):
     iset.upsert(np.arange(300), X, seq=1)
     for m in (1, 3, 4, 30):
         Q = rng.normal(size=(m, 24))
-        hits = iset.search("euc", Q, 5)
+        hits = iset.search(IndexSpec("euc"), Q, 5)
         threshold = faiss.cvar.distance_compute_blas_threshold
         assert (m * 24 >= threshold) == (m >= 4)
         for q, h in zip(Q, hits):

@@ -15,7 +15,7 @@ SPECS = [IndexSpec("euc"), IndexSpec("cos"), IndexSpec("tri", 2.0), IndexSpec("c
 
 def _check(iset, ids, X, Q, k=5):
     for metric, t in (("euc", None), ("cos", None), ("tri", 2.0), ("ced", 2.0)):
-        for q, h in zip(Q, iset.search(metric, Q, k, temperature=t)):
+        for q, h in zip(Q, iset.search(IndexSpec(metric, t), Q, k)):
             assert_knn(h, metric, q, ids, X, k, t)
 
 
@@ -44,7 +44,7 @@ def test_upsert_replaces_and_remove_forgets_like_a_dict(rng):
     np.testing.assert_array_equal(got_X[np.argsort(got_ids)], X)
     np.testing.assert_array_equal(iset.contains([ids[0], 10**9]), [True, False])
     _check(iset, ids, X, rng.normal(0, 2, (4, 6)))
-    for h in iset.search("tri", X[:3], 3, temperature=2.0, kind="hnsw"):
+    for h in iset.search(IndexSpec("tri", 2.0, "hnsw"), X[:3], 3):
         assert set(h.ids.tolist()) <= set(ids.tolist())
 
 
@@ -75,7 +75,7 @@ def test_add_index_over_existing_rows_then_drop_it(rng):
     seen: list[float] = []
     iset.add_index(IndexSpec("tri", 3.0), progress=seen.append)
     assert seen and seen[-1] == 1.0 and seen == sorted(seen)
-    for q, h in zip(X[:3], iset.search("tri", X[:3], 4, temperature=3.0)):
+    for q, h in zip(X[:3], iset.search(IndexSpec("tri", 3.0), X[:3], 4)):
         assert_knn(h, "tri", q, np.arange(150), X, 4, 3.0)
     iset.drop_index("tri-t3-flat")
     assert iset.specs() == []
@@ -94,7 +94,7 @@ def test_searches_during_upserts_never_see_half_a_batch(rng):
     def reader() -> None:
         try:
             while not stop.is_set():
-                (h,) = iset.search("euc", np.zeros(d), n)
+                (h,) = iset.search(IndexSpec("euc"), np.zeros(d), n)
                 gens = np.unique(np.round(np.sqrt(h.distances / d)))
                 assert len(h.ids) == n and len(gens) == 1, gens
         except Exception as exc:  # noqa: BLE001 - any failure in the thread is surfaced below
