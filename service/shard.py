@@ -636,8 +636,8 @@ class CollectionShard:
         one state of the shard: a bulk ingest is in all of them or in none."""
         iset = self.ready()
         with self._gate.read():
-            return [iset.search(g.spec.metric, g.Q, g.k, temperature=g.spec.temperature, kind=g.spec.kind,  # type: ignore[arg-type]
-                                exact=g.exact, exclude=g.exclude, allowed=g.allowed) for g in groups]
+            return [iset.search(g.spec, g.Q, g.k, exact=g.exact, exclude=g.exclude, allowed=g.allowed)
+                    for g in groups]
 
     def describe(self, iids: Sequence[int], *, vector: bool, payload: bool) -> Described:
         """External ids of `iids` and, when asked, their stored payloads and vectors."""

@@ -238,9 +238,9 @@ class Snapshots:
         if tmp.stat().st_size != manifest["archive_bytes"]:
             raise StorageError(f"snapshot archive came out at {tmp.stat().st_size} bytes, "
                                f"{manifest['archive_bytes']} planned")
-        persist._fsync_dir(tmp)  # (a file: the same open-fsync-close)
+        persist.fsync_dir(tmp)  # (a file: the same open-fsync-close)
         os.replace(tmp, directory / name)
-        persist._fsync_dir(directory)
+        persist.fsync_dir(directory)
         log.info("snapshot written", extra={"fields": {"collection": held.name, "snapshot": name,
                                                        "points": count, "last_seq": held.last_seq}})
         return _snapshot_info(directory / name, manifest)

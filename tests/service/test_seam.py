@@ -47,8 +47,9 @@ def test_merging_three_uneven_shards_answers_as_the_whole_collection_does_with_t
             part.upsert(ids[a:b], X[a:b], 1)
         parts.append(part)
     Q = np.concatenate([X[:3], rng.normal(size=(3, d))]).astype(np.float64)
-    want = whole.search(metric, Q, k, temperature=t, exact=True)
-    got = [p.search(metric, Q, k, temperature=t, exact=True) for p in parts]
+    spec = IndexSpec(metric, t)
+    want = whole.search(spec, Q, k, exact=True)
+    got = [p.search(spec, Q, k, exact=True) for p in parts]
     for qi in range(len(Q)):
         merged = merge_hits([g[qi] for g in got], k)
         np.testing.assert_array_equal(merged.ids, want[qi].ids)
