@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import free_port, stop_server  # noqa: E402
+from tests.e2e.conftest import free_port, stop_server
 
 NAME = "bench"
 FEW = {"must": [{"key": "label", "match": {"value": 3}}]}      # ~1/100 of the rows: the exact filter scan

@@ -28,8 +28,8 @@ ENV: dict[str, tuple[str, str]] = {
     "LOGITSEARCH_MAX_EVAL_SAMPLE": ("max_eval_sample", "most points one evaluation compares"),
     "LOGITSEARCH_SNAPSHOT_EVERY": ("snapshot_every", "writes between index snapshots"),
     "LOGITSEARCH_DRAIN_SECONDS": ("drain_seconds", "at stop, seconds open requests get to finish before a 503"),
-    "LOGITSEARCH_WARMUP_SECONDS": ("warmup_seconds", "at start, seconds the kernel warm-up may hold /readyz "
-                                   "at 503 (0: no warm-up)"),
+    "LOGITSEARCH_WARMUP_SECONDS": ("warmup_seconds",
+                                   "at start, seconds the kernel warm-up may hold /readyz at 503 (0: no warm-up)"),
 }
 
 

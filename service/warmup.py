@@ -154,7 +154,7 @@ class Warmup:
         """Every step, in order, on this thread; stops between steps once the limit has passed."""
         try:
             todo = steps()
-        except Exception as exc:  # never fatal: the service serves, only slower at first
+        except Exception as exc:  # noqa: BLE001  never fatal: the service serves, only slower at first
             self._fail("build", exc)
             todo = []
         with self._lock:
@@ -165,7 +165,7 @@ class Warmup:
             began = time.monotonic()
             try:
                 call()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  as above: one log line, then the next step
                 self._fail(name, exc)
             log.debug("warm-up step", extra={"fields": {"step": name, "seconds": round(time.monotonic() - began, 3)}})
             with self._lock:
