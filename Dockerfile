@@ -21,7 +21,7 @@ FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    NUMBA_CACHE_DIR=/opt/numba-cache \
     MPLCONFIGDIR=/tmp/matplotlib \
     LOGITSEARCH_DATA_DIR=/data \
     LOGITSEARCH_HOST=0.0.0.0 \
@@ -29,10 +29,15 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 logitsearch \
     && useradd --system --uid 10001 --gid logitsearch --home-dir /data --no-create-home \
        --shell /usr/sbin/nologin logitsearch \
-    && mkdir /data \
-    && chown logitsearch:logitsearch /data
+    && mkdir /data /opt/numba-cache \
+    && chown logitsearch:logitsearch /data /opt/numba-cache
 COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
+# numba's machine code, compiled into the image (issue 16): the warm-up runs every kernel once, so a new
+# container loads them from NUMBA_CACHE_DIR instead of compiling (~5 s before the first search).
+# Written by the service user: numba uses a cache directory only where it may write, and a host whose
+# CPU differs from the build machine's adds its own entries there.
+RUN ["python", "-m", "service.warmup"]
 WORKDIR /data
 # Declared after the chown so a fresh named volume starts out owned by the service user.
 VOLUME ["/data"]

@@ -24,6 +24,7 @@ from service.problems import document_problems, install_problem_handlers
 from service.routes import collections, evaluate, health, points, report, search, snapshots
 from service.settings import Settings, load_settings
 from service.snapshots import Snapshots
+from service.warmup import start as start_warmup
 
 #: where the documentation pages' scripts and styles are served (open, like /docs)
 DOCS_ASSETS = "/docs-assets"
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, fast_lane: bool = True) -> F
         held = hold_data_dir(Path(settings.data_dir))  # one server per data directory (issue 11)
         try:
             await anyio.to_thread.run_sync(start_process)
+            app.state.warmup = start_warmup(settings.warmup_seconds)  # kernels compiled before /readyz 200
             # Opening SQLite is quick; the collections load in a background thread (/readyz says when).
             await anyio.to_thread.run_sync(backend.open)
             try:

@@ -28,6 +28,8 @@ ENV: dict[str, tuple[str, str]] = {
     "LOGITSEARCH_MAX_EVAL_SAMPLE": ("max_eval_sample", "most points one evaluation compares"),
     "LOGITSEARCH_SNAPSHOT_EVERY": ("snapshot_every", "writes between index snapshots"),
     "LOGITSEARCH_DRAIN_SECONDS": ("drain_seconds", "at stop, seconds open requests get to finish before a 503"),
+    "LOGITSEARCH_WARMUP_SECONDS": ("warmup_seconds",
+                                   "at start, seconds the kernel warm-up may hold /readyz at 503 (0: no warm-up)"),
 }
 
 
@@ -49,6 +51,8 @@ class Settings:
     snapshot_every: int = 50_000
     # docker stop allows 10 s before SIGKILL: 5 s of drain leaves 5 s for the snapshot (issue 11)
     drain_seconds: int = 5
+    # a fresh install compiles every numba kernel (~20-60 s on 2 cores); a restart loads them (~2-5 s)
+    warmup_seconds: int = 120
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with keys hidden, as printed at start."""
@@ -66,7 +70,7 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
             return str(raw).lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             value = int(raw)
-            if value <= 0 and name != "port":
+            if value < 0 or (value == 0 and name not in ("port", "warmup_seconds")):
                 raise ValueError
             if name == "port" and not (0 <= value <= 65535):
                 raise ValueError

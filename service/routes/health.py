@@ -1,4 +1,4 @@
-"""GET /healthz (the process answers) and GET /readyz (every collection is loaded)."""
+"""GET /healthz (the process answers) and GET /readyz (every collection is loaded, kernels warm)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,15 @@ async def healthz() -> HealthOut:
     return HealthOut(status="ok")
 
 
-@router.get("/readyz", response_model=ReadyOut, summary="Readiness: every collection loaded",
-            responses={503: {"model": ReadyOut, "description": "collections still loading"}})
+@router.get("/readyz", response_model=ReadyOut, summary="Readiness: every collection loaded, kernels compiled",
+            responses={503: {"model": ReadyOut, "description": "collections still loading or kernels compiling"}})
 def readyz(request: Request) -> JSONResponse:
     ready, states = request.app.state.backend.readiness()
-    body = ReadyOut(status="ready" if ready else "loading", collections=states)
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    body = ReadyOut(status="ready" if ready else "loading", collections=states).model_dump()
+    # the warm-up (service/warmup.py, issue 16): absent when the app runs without its lifespan
+    warmup = getattr(request.app.state, "warmup", None)
+    if warmup is not None:
+        ready = warmup.finished() and ready
+        body["status"] = "ready" if ready else "loading"
+        body["warmup"] = warmup.status()
+    return JSONResponse(body, status_code=200 if ready else 503)
