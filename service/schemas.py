@@ -254,9 +254,20 @@ class HealthOut(BaseModel):
     status: str
 
 
+class WarmupOut(BaseModel):
+    """The kernel warm-up at start (service/warmup.py): /readyz is 200 once it has ended."""
+
+    state: Literal["running", "done", "failed", "timed_out", "off"]
+    steps_done: int
+    steps: int
+    failed: list[str] = Field(description="steps that raised (logged; the service serves, only slower at first)")
+    seconds: float
+
+
 class ReadyOut(BaseModel):
     status: Literal["ready", "loading"]
     collections: dict[str, str] = Field(description="name -> loading, ready, rebuilding or failed")
+    warmup: WarmupOut | None = Field(None, description="absent when the app runs without its lifespan")
 
 
 # --- snapshots (service/snapshots.py) --------------------------------------------------------------

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.problems import ProblemRoute
-from service.schemas import HealthOut, ReadyOut
+from service.schemas import HealthOut, ReadyOut, WarmupOut
 
 router = APIRouter(tags=["health"], route_class=ProblemRoute)
 
@@ -20,11 +20,10 @@ async def healthz() -> HealthOut:
             responses={503: {"model": ReadyOut, "description": "collections still loading or kernels compiling"}})
 def readyz(request: Request) -> JSONResponse:
     ready, states = request.app.state.backend.readiness()
-    body = ReadyOut(status="ready" if ready else "loading", collections=states).model_dump()
     # the warm-up (service/warmup.py, issue 16): absent when the app runs without its lifespan
     warmup = getattr(request.app.state, "warmup", None)
     if warmup is not None:
         ready = warmup.finished() and ready
-        body["status"] = "ready" if ready else "loading"
-        body["warmup"] = warmup.status()
-    return JSONResponse(body, status_code=200 if ready else 503)
+    body = ReadyOut(status="ready" if ready else "loading", collections=states,
+                    warmup=None if warmup is None else WarmupOut(**warmup.status()))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)

@@ -144,7 +144,7 @@ def container_env(data_dir: Path, port: int, scratch: Path, extra: dict[str, str
     inside the container become temporary ones, and the server binds 127.0.0.1 on a free port.
 
     NUMBA_CACHE_DIR is left to this machine (the cache beside the installed package) so the test does
-    not recompile every kernel; the container points it at /tmp because its site-packages is read-only.
+    not recompile every kernel; the image fills its own cache, /opt/numba-cache, at build time (issue 16).
     """
     env = {k: v for k, v in image().env.items() if k not in ("PATH", "NUMBA_CACHE_DIR")}
     venv_bin = image().env["PATH"].split(":")[0]

@@ -15,8 +15,10 @@ from service.settings import load_settings
 
 
 def make_client(data_dir: Path, **overrides: Any) -> TestClient:
-    """A TestClient (use it as a context manager: that runs the lifespan) over `data_dir`."""
-    return TestClient(create_app(load_settings({"data_dir": str(data_dir), **overrides}, environ={})))
+    """A TestClient (use it as a context manager: that runs the lifespan) over `data_dir`; the kernel
+    warm-up is off unless asked for (it is tested on its own, tests/service/test_warmup.py)."""
+    return TestClient(create_app(load_settings({"data_dir": str(data_dir), "warmup_seconds": 0, **overrides},
+                                               environ={})))
 
 
 @pytest.fixture
