@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from core import _kernels as K
+from core import kernels as K
 from core.errors import InvalidInput
 from core.parallel import region
 from core.softmax import log_softmax, softmax
@@ -36,17 +36,17 @@ def _prep(q: Any, R: Any, qname: str, rname: str) -> tuple[Floats, Rows]:
 def _run(kernel: Callable[..., None], q: Floats, A: Rows, *extra: Any, field: str) -> Floats:
     """kernel(q, A, *extra, out) -> out; InvalidInput naming `field` and the row if A has NaN/inf.
 
-    The kernels fold a finiteness check into their one pass (core/_kernels.py): a NaN or inf in a
+    The kernels fold a finiteness check into their one pass (core/kernels.py): a NaN or inf in a
     row makes its result non-finite, and only then are the rows scanned to name the first bad one.
     """
     out = np.empty(A.shape[0], dtype=np.float64)
-    _blocks(kernel, (q,), A, extra, out)
+    run_blocks(kernel, (q,), A, extra, out)
     if not np.isfinite(out).all():
         check_finite(A, field)  # raises; finite rows can still overflow (euc of 1e200s): inf stays
     return out
 
 
-def _blocks(kernel: Callable[..., None], lead: tuple[Any, ...], A: Rows, extra: tuple[Any, ...],
+def run_blocks(kernel: Callable[..., None], lead: tuple[Any, ...], A: Rows, extra: tuple[Any, ...],
             out: npt.NDArray[np.float64]) -> None:
     """kernel(*lead, rows, *extra, out) over A; strided or read-only rows go in contiguous blocks.
 
@@ -202,7 +202,7 @@ def all_logits(xq: Any, X: Any, t: float) -> Floats:
     xv = as_vector(xq, "xq", A.shape[1])
     logq = log_softmax(xv, t)
     out = np.empty((A.shape[0], len(ALL_COLUMNS)), dtype=np.float64)
-    _blocks(K.all_logit_rows, (xv, np.exp(logq), logq), A, (1.0 / t,), out)
+    run_blocks(K.all_logit_rows, (xv, np.exp(logq), logq), A, (1.0 / t,), out)
     if not np.isfinite(out[:, 0]).all():
         check_finite(A, "X")  # the kernel sets a row with NaN/inf to NaN: name it
     return out
@@ -238,7 +238,7 @@ def one_to_many(name: str, xq: Any, X: Any, t: float | None = None) -> Floats:
     out = np.empty(A.shape[0], dtype=np.float64)
     step = chunk_rows(A.shape[1])
     for s in range(0, A.shape[0], step):
-        _blocks(kernel, (q,), softmax(A[s : s + step], tt), (), out[s : s + step])
+        run_blocks(kernel, (q,), softmax(A[s : s + step], tt), (), out[s : s + step])
     return out
 
 
@@ -260,18 +260,18 @@ def pairwise(name: str, X: Any, t: float | None = None) -> Floats:
     if m.space == "logits":
         R = np.array(A, dtype=np.float64, order="C")
         for i in range(n - 1):
-            _blocks(_LOGIT_KERNELS[name], (R[i].copy(),), R[i + 1 :], (), out[starts[i] : starts[i + 1]])
+            run_blocks(_LOGIT_KERNELS[name], (R[i].copy(),), R[i + 1 :], (), out[starts[i] : starts[i + 1]])
         return out
     logP = log_softmax(A, check_temperature(1.0 if t is None else t, "t"))
     P = np.exp(logP)
     for i in range(n - 1):
         seg = out[starts[i] : starts[i + 1]]
         if name in ("ced", "kld"):
-            _blocks(K.ced_rows, (P[i].copy(),), logP[i + 1 :], (), seg)
+            run_blocks(K.ced_rows, (P[i].copy(),), logP[i + 1 :], (), seg)
             if name == "kld":
                 seg -= float(-(P[i] * logP[i]).sum())
         else:
-            _blocks(_PROB_KERNELS[name], (P[i].copy(),), P[i + 1 :], (), seg)
+            run_blocks(_PROB_KERNELS[name], (P[i].copy(),), P[i + 1 :], (), seg)
     return out
 
 

@@ -5,7 +5,7 @@ rho (eq. 8) between it and each other function says how well that function prese
 own order of the rows. Three forms:
 
 - `evaluate(..., mode="one_to_many")`: one query against many rows, the paper's main method. Every
-  metric comes from one fused pass over the rows (`core._kernels.all_logit_rows`) and CED is ranked
+  metric comes from one fused pass over the rows (`core.kernels.all_logit_rows`) and CED is ranked
   once (`core.ranks.SharedRanks`) and shared by every metric.
 - `evaluate(..., mode="many_to_many")`: all pairs i < j within the rows (the paper's `pdist` check).
   CED and KLD are asymmetric: the pair (i, j) is scored as F(row i : row j), the EARLIER row being
@@ -35,10 +35,11 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from core import _kernels as K
-from core.divergences import ALL_COLUMNS, _blocks
+from core import kernels as K
+from core.divergences import ALL_COLUMNS, run_blocks
 from core.errors import InvalidInput, LimitExceeded
 from core.labels import Codes, LabelScore, LabelTally, check_codes, check_k
+from core.metrics import INDEXABLE
 from core.ranks import RankMode, Rho, SharedRanks
 from core.roughness import RoughnessTemperature, mean_roughness, roughness, temperature_for_roughness
 from core.softmax import log_softmax
@@ -69,7 +70,7 @@ MAX_TEMPERATURES = 32
 #: serves every temperature and a query needs no softmax; tri and ced need an index (n x d float32,
 #: a softmax of every row to build) per temperature. euc is put before cos (the same cost; the
 #: paper's and our evaluations find euc the closer to CED). Ties in rho go to the cheaper metric.
-SEARCHABLE: tuple[str, ...] = ("euc", "cos", "tri", "ced")
+SEARCHABLE: tuple[str, ...] = INDEXABLE
 #: said wherever a tie is broken
 CHEAPER = ("euc, cos (raw logits: one index for every temperature, no softmax) before tri (an index per "
            "temperature)")
@@ -279,8 +280,8 @@ def _columns(xv: Floats, A: npt.NDArray[Any], t: float, out: Floats | None = Non
     logq = log_softmax(xv, t)
     if out is None:
         out = np.empty((A.shape[0], _MR + 1), dtype=np.float64)
-    # through _blocks: small inputs stay on the calling thread, strided/read-only rows go in blocks
-    _blocks(K.all_logit_rows, (xv, np.exp(logq), logq), A, (1.0 / t,), out)
+    # through run_blocks: small inputs stay on the calling thread, strided/read-only rows go in blocks
+    run_blocks(K.all_logit_rows, (xv, np.exp(logq), logq), A, (1.0 / t,), out)
     return out
 
 

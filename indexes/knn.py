@@ -55,7 +55,7 @@ from core.validate import as_rows, check_k, check_temperature
 from indexes import embed, exact, persist
 from indexes.table import Table
 
-IndexMetric = Literal["euc", "cos", "tri", "ced"]
+IndexMetric = Literal[INDEXABLE]  # type: ignore[valid-type]  # core.metrics owns the vocabulary
 Kind = Literal["flat", "hnsw", "ivf"]
 How = Literal["certified", "scanned", "approximate"]
 Ids = npt.NDArray[np.int64]

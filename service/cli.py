@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidInput, StorageError
+from core.metrics import INDEXABLE
 
 
 class UsageError(Exception):
@@ -325,9 +326,9 @@ def _evaluation_report(result: dict[str, Any], url: str = "") -> str:
     labelled = [r for r in per_t if r.get("labels")]
     if labelled:
         k = next(iter(labelled[0]["labels"].values()))["k"]
-        for m in ("euc", "cos", "tri", "ced"):
+        for m in INDEXABLE:
             rows.append([f"agree@{k} {m}"] + [_label_cell(r, m, "agreement") for r in per_t])
-        for m in ("euc", "cos", "tri", "ced"):
+        for m in INDEXABLE:
             rows.append([f"MAP {m}"] + [_label_cell(r, m, "map") for r in per_t])
     sample = result["sample"]
     drawn = (f"a uniform sample of {sample['size']:,} of {sample['of']:,} points (seed {sample['seed']})"
@@ -528,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: digits without leading zeros are an integer id")
     search.add_argument("--row", type=int, default=0, help="row of --vector-file to use (default 0)")
     search.add_argument("-k", type=int, default=10, help="neighbours (default 10)")
-    search.add_argument("--metric", choices=["euc", "cos", "tri", "ced"],
+    search.add_argument("--metric", choices=list(INDEXABLE),
                         help="default: the collection's first indexed metric")
     search.add_argument("-t", "--temperature", type=float, help="temperature of a tri/ced index")
     search.add_argument("--kind", choices=["flat", "hnsw", "ivf"], help="index kind to use")

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import LogitsearchError
 from service.limits import problem_response
-from service.problems import _internal, _is_json, domain_problem
+from service.problems import internal_problem, is_json, domain_problem
 from service.routes.search import FastJSON, answer_batch, answer_search
 from service.schemas import SearchBatchIn, SearchIn
 
@@ -96,7 +96,7 @@ class SearchFastLane:
         except StarletteHTTPException as exc:
             response = problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 -- a bug: logged once, a generic 500, as ProblemRoute does
-            response = _internal(Request(scope), exc)
+            response = internal_problem(Request(scope), exc)
         else:
             response = FastJSON(content)
         await response(scope, receive, send)
@@ -112,7 +112,7 @@ class SearchFastLane:
         lane = _LANES.get(tail)
         if lane is None or not name or scope.get("root_path"):
             return None
-        if not _is_json(_header(scope, b"content-type")) or _header(scope, b"transfer-encoding") is not None:
+        if not is_json(_header(scope, b"content-type")) or _header(scope, b"transfer-encoding") is not None:
             return None
         declared = _header(scope, b"content-length")
         if declared is None or not declared.isdigit():

@@ -54,7 +54,7 @@ def _too_large(limit: int) -> JSONResponse:
     return problem_response(413, reason, errors=[{"field": "body", "reason": reason}])
 
 
-class _BodyRejected(Exception):
+class BodyRejected(Exception):
     """Raised into the app's read of the body after the middleware has answered for it."""
 
 
@@ -109,12 +109,12 @@ class _LimitedRequest:
         except TimeoutError:
             await self._answer(problem_response(
                 408, f"no request body bytes for {self.limits.idle_timeout:g} s; send the body without stalling"))
-            raise _BodyRejected("body read timed out") from None
+            raise BodyRejected("body read timed out") from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.limits.max_body_bytes:
                 await self._answer(_too_large(self.limits.max_body_bytes))
-                raise _BodyRejected("body too large")
+                raise BodyRejected("body too large")
             self.body_done = not message.get("more_body", False)
         else:
             self.body_done = True

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.evaluation import TRI_EXACT_RHO, ShepardData
+from core.metrics import INDEXABLE
 from service.shepard import DPI, draw_shepard
 
 #: the searchable metrics' colours, the same in every picture
@@ -88,7 +89,7 @@ def sweep_png(evaluation: dict[str, Any], *, width: int = 900, height: int = 500
     if labelled:
         lx = axes[1]
         k = next(v["k"] for r in rows if r.get("labels") for v in r["labels"].values())
-        for m in ("euc", "cos", "tri", "ced"):
+        for m in INDEXABLE:
             agree = [math.nan if not r.get("labels") or r["labels"][m]["agreement"] is None
                      else r["labels"][m]["agreement"] for r in rows]
             ap = [math.nan if not r.get("labels") or r["labels"][m]["map"] is None else r["labels"][m]["map"]

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from core.errors import Conflict, InvalidInput, LimitExceeded, LogitsearchError, NotFound, StorageError
-from service.limits import PROBLEM_JSON, _BodyRejected, problem_response
+from service.limits import PROBLEM_JSON, BodyRejected, problem_response
 
 log = logging.getLogger("logitsearch.problems")
 
@@ -37,7 +37,7 @@ def status_of(exc: LogitsearchError) -> int:
     return next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)  # LogitsearchError is always there
 
 
-def _internal(request: Request, exc: BaseException) -> JSONResponse:
+def internal_problem(request: Request, exc: BaseException) -> JSONResponse:
     route = getattr(request.scope.get("route"), "path", request.url.path)
     log.error("unhandled %s in %s %s", type(exc).__name__, request.method, route, exc_info=exc)
     return problem_response(500, INTERNAL)
@@ -46,7 +46,7 @@ def _internal(request: Request, exc: BaseException) -> JSONResponse:
 def domain_problem(request: Request, exc: LogitsearchError) -> JSONResponse:
     status = status_of(exc)
     if status == 500:
-        return _internal(request, exc)
+        return internal_problem(request, exc)
     errors = [{"field": exc.field, "reason": exc.reason}] if isinstance(exc, InvalidInput) else None
     headers = {"Retry-After": "1"} if status == 503 else None
     return problem_response(status, str(exc), errors=errors, headers=headers)
@@ -92,10 +92,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         # Only reached from middleware: ProblemRoute answers bugs inside routes itself.
-        return _internal(request, exc)
+        return internal_problem(request, exc)
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
     message = email.message.Message()
@@ -145,19 +145,19 @@ class ProblemRoute(APIRoute):
         async def route(request: Request) -> Response:
             content_type = request.headers.get("content-type")
             sent = content_type is not None or request.headers.get("content-length", "0") != "0"
-            if wants_json and sent and not _is_json(content_type):
+            if wants_json and sent and not is_json(content_type):
                 return problem_response(415, "send the body as application/json (Content-Type: application/json)",
                                         errors=[{"field": "content-type", "reason": "must be application/json"}])
             try:
                 if wants_json and sent:
                     await _parse_json_fast(request, model)
                 return await handler(request)
-            except (LogitsearchError, RequestValidationError, StarletteHTTPException, _BodyRejected):
+            except (LogitsearchError, RequestValidationError, StarletteHTTPException, BodyRejected):
                 raise  # the handlers above answer these (and service.limits has answered for a cut body)
             except ClientDisconnect:
                 return problem_response(400, "the client disconnected before the body was complete")
             except Exception as exc:  # noqa: BLE001 -- a bug: logged once, answered with a generic 500
-                return _internal(request, exc)
+                return internal_problem(request, exc)
 
         return route
 

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from core.evaluation import CHEAPER, TIE_RHO, TIE_STANDARD_ERRORS, TRI_EXACT_RHO
+from core.metrics import INDEXABLE
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1250px;
@@ -76,7 +77,7 @@ def _label_table(evaluation: dict[str, Any]) -> str:
     k = next(iter(rows[0]["labels"].values()))["k"]
     head = "".join(f"<th>t = {r['temperature']:g}</th>" for r in rows)
     body = []
-    for m in ("euc", "cos", "tri", "ced"):
+    for m in INDEXABLE:
         cells = "".join(f"<td>{_num(r['labels'][m]['agreement'], 3)} / {_num(r['labels'][m]['map'], 3)}</td>"
                         for r in rows)
         body.append(f"<tr><td>{m}</td>{cells}</tr>")

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.evaluation import evaluate, evaluate_queries, roughness_guide, shepard_data
+from core.metrics import INDEXABLE
 from core.parallel import threading_layer
 from indexes.knn import FILTER_SCAN_ROWS, IndexSet, IndexSpec
 
@@ -65,7 +66,7 @@ def _search_steps() -> list[tuple[str, Callable[[], Any]]]:
     few = ids[::8][: FILTER_SCAN_ROWS // 4]     # <= FILTER_SCAN_ROWS: the exact scan of those rows
     half = ids[: _N // 2 + 1]
     steps: list[tuple[str, Callable[[], Any]]] = []
-    for metric in ("euc", "cos", "tri", "ced"):
+    for metric in INDEXABLE:
         t = _T if metric in ("tri", "ced") else None
 
         def one(metric: str = metric, t: float | None = t) -> None:

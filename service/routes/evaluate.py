@@ -13,23 +13,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import InvalidInput, LimitExceeded
 from core.evaluation import (
     AUTO_ROUGHNESS,
-    CHEAPER,
-    EVAL_METRICS,
     MANY_TO_MANY_MAX_ROWS,
-    MAX_QUERIES,
-    TIE_RHO,
-    TIE_STANDARD_ERRORS,
-    TRI_EXACT_RHO,
     AutoSweep,
     Recommendation,
     RhoSummary,
@@ -42,230 +35,40 @@ from core.evaluation import (
     shepard_data,
     sweep_verdict,
 )
-from core.labels import MAX_LABEL_K, LabelScore
+from core.labels import LabelScore
 from core.ranks import Rho
 from core.roughness import RoughnessTemperature, temperature_for_roughness
 from core.validate import T_MAX, T_MIN
 from service import filters
 from service.problems import ProblemRoute
-from service.schemas import FilterIn, PointId
+from service.schemas import (
+    DEFAULT_PAIRS_SAMPLE,
+    DEFAULT_ROUGHNESS_SAMPLE,
+    DEFAULT_SAMPLE,
+    PAIR_ORDER,
+    REFERENCE,
+    AutoOut,
+    BuildOut,
+    EvaluateIn,
+    EvaluateOut,
+    LabelOut,
+    LabelsInfoOut,
+    QueriesTemperatureOut,
+    RecommendationOut,
+    RhoOut,
+    RoughnessAtOut,
+    RoughnessOut,
+    RoughnessTargetOut,
+    SampleOut,
+    ShepardIn,
+    SummaryOut,
+    SweepOut,
+    SweepPlotIn,
+    TemperatureOut,
+)
 from service.shepard import MAX_PIXELS, MIN_PIXELS, shepard_png
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["evaluate"], route_class=ProblemRoute)
-
-#: the default compared set: the whole collection up to this many points, a uniform sample above
-DEFAULT_SAMPLE = 100_000
-#: many_to_many scores every pair, so its default sample is small (124,750 pairs)
-DEFAULT_PAIRS_SAMPLE = 500
-#: rows the roughness guide bisects over by default (each step is a pass over them)
-DEFAULT_ROUGHNESS_SAMPLE = 2_000
-MAX_SHEPARD_POINTS = 10_000
-
-REFERENCE = ("CED(q : p) = -sum_i q_i log p_i over softmax(x/t) (eq. 2), the query q as the first "
-             "argument; rho is Spearman's (eq. 8) between it and each metric over the compared rows")
-PAIR_ORDER = ("many_to_many scores every pair i < j of the sample (scipy pdist order) as F(row i : row j): "
-              "the earlier row is the query of the asymmetric CED and KLD")
-
-# --- wire format ----------------------------------------------------------------------------------
-
-
-class QueriesIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    sample: int = Field(description=f"how many random stored points to use as queries (1..{MAX_QUERIES})")
-    seed: int = Field(0, ge=0, description="seed of the draw of the queries")
-
-
-AUTO_TEXT = (f'"auto": ~8 log-spaced temperatures over the range where the mean measure of roughness (eq. 17) '
-             f"falls from {AUTO_ROUGHNESS[0]:g} to {AUTO_ROUGHNESS[1]:g} (section 10.2)")
-
-
-class EvaluateIn(BaseModel):
-    """One query (`id` or `vector`), or `queries` for many random stored ones, or neither with
-    mode many_to_many; `temperature` or `temperatures`."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: PointId | None = Field(None, description="a stored point as the query (left out of the compared set)")
-    vector: list[float] | None = Field(None, description="query logits, the collection's dimension")
-    temperature: float | None = Field(None, description="one softmax temperature")
-    temperatures: list[float] | str | None = Field(None, description=f"a sweep, e.g. [1, 10, 100], or {AUTO_TEXT}")
-    labels: str | None = Field(None, description="a payload field holding each point's label (e.g. the class): "
-                               "scores each searchable metric's exact k nearest neighbours against it "
-                               "(label agreement@k, mean average precision)")
-    k: int = Field(10, ge=1, le=MAX_LABEL_K, description="neighbours of the label check")
-    metrics: list[str] | None = Field(None, description=f"compared with CED; default {', '.join(EVAL_METRICS)}")
-    sample: int | None = Field(None, description="points to compare against, drawn uniformly (default: the whole "
-                               f"collection up to {DEFAULT_SAMPLE:,}; {DEFAULT_PAIRS_SAMPLE} for many_to_many)")
-    seed: int = Field(0, ge=0, description="seed of the uniform sample")
-    mode: Literal["one_to_many", "many_to_many"] = "one_to_many"
-    ranks: Literal["average", "paper"] = Field(
-        "average", description="average: ties share their average rank (= scipy); paper: the tie-breaking of "
-        "the paper's MATLAB spearman_rho.m (inflates rho when there are ties)")
-    queries: QueriesIn | None = Field(None, description="evaluate this many random stored queries, summarised")
-    filter: FilterIn | None = Field(None, description="evaluate on the points it matches only (e.g. one class): "
-                                    "the sample and the queries are drawn from them")
-
-
-class ShepardIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: PointId | None = None
-    vector: list[float] | None = None
-    temperature: float | None = Field(None, description="one temperature: one diagram")
-    temperatures: list[float] | str | None = Field(None, description="several: a grid, one panel per "
-                                                   f"temperature; or {AUTO_TEXT}")
-    metric: str = Field(description=f"one of {', '.join(EVAL_METRICS)}")
-    sample: int | None = None
-    seed: int = Field(0, ge=0)
-    ranks: Literal["average", "paper"] = "average"
-    max_points: int = Field(MAX_SHEPARD_POINTS, ge=2, le=MAX_SHEPARD_POINTS, description="points drawn")
-    width: int = Field(800, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
-    height: int = Field(600, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
-    filter: FilterIn | None = Field(None, description="compare with the points it matches only")
-
-
-class RhoOut(BaseModel):
-    value: float | None = Field(description="Spearman's rho against CED; null when undefined")
-    reason: str | None = None
-
-
-class RoughnessAtOut(BaseModel):
-    temperature: float
-    mean_roughness: float
-
-
-class RoughnessTargetOut(BaseModel):
-    target: float
-    temperature: float = Field(description="t with mean MR = target (to 1e-6 relative in t)")
-    mean_roughness: float
-    reachable: bool = Field(description="false: the target lies outside what t in [0.01, 1e4] reaches; "
-                            "the nearest end is given")
-
-
-class BuildOut(BaseModel):
-    method: str
-    path: str
-    body: dict[str, Any] = Field(description="POST this to build the index (in the background)")
-
-
-class RecommendationOut(BaseModel):
-    best: str | None = Field(description="the searchable metric (euc, cos, tri) to search with: of those tied with "
-                             f"the highest rho (within {TIE_RHO:g} for one query; for many, within "
-                             f"{TIE_STANDARD_ERRORS:g} standard errors of the paired per-query difference), the "
-                             f"cheapest: {CHEAPER}")
-    rho: float | None = Field(None, description="best's rho (mean rho for many queries)")
-    tied: list[str] = Field(default_factory=list, description="searchable metrics tied with the highest, "
-                            "cheapest first")
-    tie_margin: float = Field(TIE_RHO, description="the rho difference counted as a tie")
-    evaluation_only: str | None = Field(None, description="the best metric that cannot be searched (jsd, hellinger; "
-                                        "kld only in many_to_many: for a fixed query it is CED minus a constant)")
-    evaluation_only_rho: float | None = None
-    indexed: bool | None = Field(None, description="whether the collection has a ready index for best at this t")
-    build: BuildOut | None = Field(None, description="when not indexed: the request that builds it")
-    tri_exact: bool | None = Field(description=f"rho(CED, TRI) >= threshold ({TRI_EXACT_RHO}): TRI is an exact "
-                                   "stand-in for CED at this t")
-    euc_beats_cos: bool | None
-    threshold: float
-    advice: str
-
-
-class LabelOut(BaseModel):
-    k: int
-    agreement: float | None = Field(description="mean fraction of each labelled query's k nearest neighbours "
-                                    "(exact, the query left out) that share its label")
-    map: float | None = Field(description="mean average precision over the queries with a same-label point")
-    n_queries: int = Field(description="queries with a label")
-    n_map: int = Field(description="queries with at least one same-label point to find")
-
-
-class LabelsInfoOut(BaseModel):
-    field: str = Field(description="the payload field read as the label")
-    k: int
-    labelled: int = Field(description="points of the sample with a label")
-    distinct: int = Field(description="distinct labels among them")
-
-
-class AutoOut(BaseModel):
-    temperatures: list[float]
-    high: RoughnessTargetOut = Field(description=f"where the mean MR is ~{AUTO_ROUGHNESS[0]:g} (the sweep's start)")
-    low: RoughnessTargetOut = Field(description=f"where the mean MR is ~{AUTO_ROUGHNESS[1]:g} (its end)")
-    rows: int = Field(description="rows the roughness was measured on")
-
-
-class SweepOut(BaseModel):
-    tri_reaches: float | None = Field(description=f"smallest t with rho(CED, TRI) >= {TRI_EXACT_RHO}; null: none")
-    euc_reaches: float | None = Field(description=f"smallest t with rho(CED, EUC) >= {TRI_EXACT_RHO}; null: none")
-    temperature: float | None = Field(description="recommended: the smallest t whose recommended metric reaches it")
-    metric: str | None
-    threshold: float
-    indexed: bool | None = None
-    build: BuildOut | None = None
-    advice: str
-
-
-class TemperatureOut(BaseModel):
-    temperature: float
-    n: int = Field(description="values correlated: rows compared (one_to_many) or pairs (many_to_many)")
-    rho: dict[str, RhoOut]
-    ranked: list[str] = Field(description="metrics, best-correlated first")
-    recommendation: RecommendationOut
-    query_roughness: float | None = Field(description="MR of the query at t (eq. 17)")
-    mean_roughness: float = Field(description="mean MR of the compared rows at t")
-    seconds: float
-    labels: dict[str, LabelOut] | None = Field(None, description="with `labels`: per searchable metric")
-
-
-class SummaryOut(BaseModel):
-    mean: float | None
-    median: float | None
-    min: float | None
-    max: float | None
-    std: float | None
-    n_defined: int
-    reason: str | None = None
-
-
-class QueriesTemperatureOut(BaseModel):
-    temperature: float
-    n_queries: int
-    n: int = Field(description="rows each query is compared with")
-    rho: dict[str, SummaryOut]
-    ranked: list[str] = Field(description="metrics by mean rho, best first")
-    recommendation: RecommendationOut = Field(description="judged on the mean rhos")
-    query_roughness: float = Field(description="mean MR of the queries at t")
-    mean_roughness: float
-    seconds: float
-    labels: dict[str, LabelOut] | None = Field(None, description="with `labels`: per searchable metric")
-
-
-class SampleOut(BaseModel):
-    size: int = Field(description="points drawn from the collection")
-    of: int = Field(description="points in the collection (with a filter: the points it matched)")
-    sampled: bool = Field(description="false: the whole collection; true: a uniform sample")
-    seed: int | None
-
-
-class EvaluateOut(BaseModel):
-    collection: str
-    mode: str
-    ranks: str
-    metrics: list[str]
-    reference: str
-    query: dict[str, Any] = Field(description="{id} or {vector: dim} or {ids: [...]} (queries) or {} ")
-    sample: SampleOut
-    results: list[TemperatureOut] | None = None
-    summary: list[QueriesTemperatureOut] | None = Field(None, description="with `queries`: per temperature")
-    auto: AutoOut | None = Field(None, description='with temperatures "auto": how the sweep was found')
-    sweep: SweepOut | None = Field(None, description="with several temperatures: the verdict over them")
-    labels: LabelsInfoOut | None = None
-    seconds: float
-
-
-class RoughnessOut(BaseModel):
-    collection: str
-    sample: SampleOut
-    target: RoughnessTargetOut | None
-    temperatures: list[RoughnessAtOut]
-    seconds: float
-
 
 # --- helpers --------------------------------------------------------------------------------------
 
@@ -398,7 +201,7 @@ def _sample_size(requested: int | None, count: int, default: int, limit: int, na
     return requested
 
 
-def _data(request: Request, name: str, requested: int | None, seed: int, default: int,
+def evaluation_data(request: Request, name: str, requested: int | None, seed: int, default: int,
           flt: dict[str, Any] | None = None) -> tuple[list[Any], np.ndarray, SampleOut]:
     backend = _backend(request)
     selection = None if flt is None else backend.select(name, filters.parse(flt, "filter"))
@@ -448,7 +251,7 @@ def run_evaluation(name: str, body: EvaluateIn, request: Request) -> EvaluateOut
     if body.labels is not None and body.vector is not None:
         raise InvalidInput("labels", "a query vector has no label: give a stored id or queries")
     many = body.mode == "many_to_many"
-    ids, X, sample = _data(request, name, body.sample, body.seed,
+    ids, X, sample = evaluation_data(request, name, body.sample, body.seed,
                            min(DEFAULT_PAIRS_SAMPLE, MANY_TO_MANY_MAX_ROWS) if many else DEFAULT_SAMPLE, body.filter)
     ts, auto = _temperatures(body, X, body.seed)
     where = _where(request, name)
@@ -500,7 +303,7 @@ def evaluate_collection(name: str, body: EvaluateIn, request: Request) -> Evalua
     return run_evaluation(name, body, request)
 
 
-def _float_list(raw: str | None, field: str) -> list[float] | None:
+def float_list(raw: str | None, field: str) -> list[float] | None:
     if raw is None or raw.strip() == "":
         return None
     try:
@@ -522,12 +325,12 @@ def roughness_of_collection(
     """The temperature at which the collection's mean measure of roughness (eq. 17) reaches
     `target`, and the mean MR at each of `temperatures`: guidance for picking t."""
     started = time.perf_counter()
-    ts = _float_list(temperatures, "temperatures")
+    ts = float_list(temperatures, "temperatures")
     if ts is not None:
         ts = list(check_temperatures(ts, "temperatures"))
     if target is None and ts is None:
         target = 1e-6
-    _, X, sample_out = _data(request, name, sample, seed, DEFAULT_ROUGHNESS_SAMPLE)
+    _, X, sample_out = evaluation_data(request, name, sample, seed, DEFAULT_ROUGHNESS_SAMPLE)
     guide = roughness_guide(X, target=target, temperatures=ts)
     found = guide.target
     return RoughnessOut(
@@ -546,7 +349,7 @@ def shepard_of_collection(name: str, body: ShepardIn, request: Request) -> Respo
     the points) and rho (over all compared points) in the title; at most `max_points` points drawn.
     With `temperatures` (a list or "auto"): a grid, one panel per temperature, rho in each title."""
     _temperatures(body)
-    ids, X, _ = _data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
+    ids, X, _ = evaluation_data(request, name, body.sample, body.seed, DEFAULT_SAMPLE, body.filter)
     ts, _auto = _temperatures(body, X, body.seed)
     xq, exclude, _ = _query(request, name, body.id, body.vector, ids)
     panels = [shepard_data(X, t, body.metric, query=xq, exclude=exclude, max_points=body.max_points,
@@ -564,11 +367,6 @@ def shepard_of_collection(name: str, body: ShepardIn, request: Request) -> Respo
     return Response(content=png, media_type="image/png",
                     headers={"X-Spearman-Rho": rhos, "X-Points": points, "X-Panels": str(len(panels)),
                              "X-Temperatures": ",".join(f"{t:g}" for t in ts)})
-
-
-class SweepPlotIn(EvaluateIn):
-    width: int = Field(900, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
-    height: int = Field(500, ge=MIN_PIXELS, le=MAX_PIXELS, description="pixels")
 
 
 @router.post("/evaluate/sweep.png", response_class=Response, summary="rho against temperature (PNG)",
@@ -611,7 +409,7 @@ def roughness_png_of_collection(
     paper's Fig. 6, with the 1e-6 target of section 10.2 and the span of the auto sweep marked."""
     from service.plots import roughness_png
 
-    _, X, _ = _data(request, name, sample, seed, DEFAULT_ROUGHNESS_SAMPLE)
+    _, X, _ = evaluation_data(request, name, sample, seed, DEFAULT_ROUGHNESS_SAMPLE)
     curve, high, low = roughness_curve(X)
     png = roughness_png(curve, target=AUTO_ROUGHNESS[1], reached=low.t if low.reachable else None,
                         sweep=(high.t, low.t), collection=name, width=width, height=height)

@@ -82,7 +82,7 @@ def upsert(name: str, body: UpsertIn, request: Request, response: Response, wait
     return write_out(result, response)
 
 
-class _Body:
+class BodySource:
     """The request body as a blocking source of chunks, for a sync route running in a worker thread."""
 
     def __init__(self, request: Request) -> None:
@@ -134,7 +134,7 @@ def bulk(name: str, request: Request, response: Response, wait: Wait = True,
     dim = backend.dim(name)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in RAW_TYPES:
-        npy = NpyStream(_Body(request), dim, "body")
+        npy = NpyStream(BodySource(request), dim, "body")
         result = backend.bulk_upsert(name, npy.chunks(), _range(start, npy.rows, "start"), wait=wait)
     elif content_type == "multipart/form-data":
         form = anyio.from_thread.run(functools.partial(request.form, max_files=3, max_fields=8))

@@ -19,15 +19,12 @@ from core.evaluation import AUTO_ROUGHNESS, MAX_QUERIES, shepard_data
 from core.labels import MAX_LABEL_K
 from service.problems import ProblemRoute
 from service.routes.evaluate import (
-    DEFAULT_ROUGHNESS_SAMPLE,
-    DEFAULT_SAMPLE,
-    EvaluateIn,
-    QueriesIn,
-    _data,
-    _float_list,
+    evaluation_data,
+    float_list,
     roughness_curve,
     run_evaluation,
 )
+from service.schemas import DEFAULT_ROUGHNESS_SAMPLE, DEFAULT_SAMPLE, EvaluateIn, QueriesIn
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["evaluate"], route_class=ProblemRoute)
 
@@ -59,21 +56,21 @@ def report_of_collection(
 
     started = time.perf_counter()
     ts: Any = "auto" if temperatures is None or temperatures.strip() == "auto" \
-        else _float_list(temperatures, "temperatures")
+        else float_list(temperatures, "temperatures")
     count = int(request.app.state.backend.count(name))
     n_queries = queries or max(1, min(DEFAULT_REPORT_QUERIES, (sample or count) - 1))
     body = EvaluateIn(queries=QueriesIn(sample=n_queries, seed=seed), temperatures=ts, labels=labels, k=k,
                       sample=sample, seed=seed)
     evaluation = run_evaluation(name, body, request).model_dump()
     sweep, _ = sweep_png(evaluation)
-    _, R, _ = _data(request, name, None, seed, DEFAULT_ROUGHNESS_SAMPLE)
+    _, R, _ = evaluation_data(request, name, None, seed, DEFAULT_ROUGHNESS_SAMPLE)
     curve, _high, low = roughness_curve(R)
     per_t = sorted(evaluation["summary"], key=lambda r: r["temperature"])
     rough = roughness_png(curve, target=AUTO_ROUGHNESS[1], reached=low.t if low.reachable else None,
                           sweep=[r["temperature"] for r in per_t], collection=name)
     metric = (evaluation["sweep"] or {}).get("metric") or per_t[-1]["recommendation"]["best"] or "tri"
     query = evaluation["query"]["ids"][0]
-    ids, X, _ = _data(request, name, sample, seed, DEFAULT_SAMPLE)
+    ids, X, _ = evaluation_data(request, name, sample, seed, DEFAULT_SAMPLE)
     row = next(i for i, v in enumerate(ids) if v == query and type(v) is type(query))
     panels = [shepard_data(X, r["temperature"], metric, exclude=row, max_points=REPORT_SHEPARD_POINTS, seed=seed)
               for r in per_t]

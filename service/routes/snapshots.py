@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 
 from service.problems import ProblemRoute
 from service.routes.collections import collection_out
-from service.routes.points import _Body
+from service.routes.points import BodySource
 from service.schemas import CollectionOut, DeletedOut, SnapshotOut, SnapshotsOut
 from service.snapshots import SnapshotInfo, Snapshots
 
@@ -59,7 +59,7 @@ def restore_snapshot(name: str, request: Request) -> CollectionOut:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in UPLOAD_TYPES:
         raise HTTPException(415, "send the snapshot archive as application/x-tar (or application/octet-stream)")
-    return collection_out(snapshots_of(request).restore(name, _Body(request)))
+    return collection_out(snapshots_of(request).restore(name, BodySource(request)))
 
 
 @router.get("/{snapshot}", response_class=FileResponse, summary="Download a snapshot (tar, streamed)",

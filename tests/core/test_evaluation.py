@@ -317,11 +317,11 @@ def test_minilm_euc_keeps_ced_order_far_better_than_cos(minilm):
 
 
 def test_a_small_evaluation_stays_on_the_calling_thread(monkeypatch):
-    # The fused kernel runs through core.divergences._blocks: below _PARALLEL_MIN elements numba runs
+    # The fused kernel runs through core.divergences.run_blocks: below _PARALLEL_MIN elements numba runs
     # it on one thread (waking the pool costs more than the work; on 2 cores its threads then spin).
     import numba
 
-    import core._kernels as K
+    import core.kernels as K
     from core.divergences import _PARALLEL_MIN
 
     seen: list[int] = []

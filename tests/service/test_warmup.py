@@ -71,14 +71,14 @@ import json, sys, time, base64
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 from fastapi.testclient import TestClient
-import core._kernels, indexes.exact
+import core.kernels, indexes.exact
 from service.app import create_app
 from service.settings import load_settings
 sys.path.insert(0, sys.argv[2])
 from benchmarks.first_query import NAME, kinds
 
 def signatures():
-    return {f"{m.__name__}.{k}": [str(s) for s in v.signatures] for m in (core._kernels, indexes.exact)
+    return {f"{m.__name__}.{k}": [str(s) for s in v.signatures] for m in (core.kernels, indexes.exact)
             for k, v in vars(m).items() if isinstance(v, Dispatcher)}
 
 app = create_app(load_settings({"data_dir": sys.argv[1]}, environ={}))
