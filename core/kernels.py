@@ -19,12 +19,17 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-_FM = {"reassoc", "contract", "nsz"}
+#: the one fastmath policy of every float64 row kernel (core and indexes/exact.py): reassociation
+#: (vectorised sums), fused multiply-add and ignoring the sign of zero change results only by
+#: rounding, which the certificates' error terms cover (indexes/exact.py `_gamma`). Never `fast`:
+#: `nnan`/`ninf` would let the compiler drop the non-finite checks the kernels rely on. The one
+#: exception is indexes/exact.py `exp_inplace`, whose inputs are finite by construction.
+FASTMATH = frozenset({"reassoc", "contract", "nsz"})
 _LN2 = math.log(2.0)
 #: error_model="numpy": a float division by zero gives inf/nan instead of a per-division Python
 #: ZeroDivisionError check (every division here is guarded); faster code and ~1/3 less compile time
 _OPTS: dict[str, Any] = {
-    "parallel": True, "cache": True, "fastmath": _FM, "nogil": True, "error_model": "numpy",
+    "parallel": True, "cache": True, "fastmath": set(FASTMATH), "nogil": True, "error_model": "numpy",
 }
 
 

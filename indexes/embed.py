@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import logsumexp
 
+from core.softmax import log_softmax
+
 from core.validate import chunk_rows
 
 F32 = npt.NDArray[np.float32]
@@ -60,12 +62,6 @@ def _step(d: int) -> int:
     return chunk_rows(d, 8 * 1024 * 1024)
 
 
-def _log_softmax(B: Any, t: float) -> F64:
-    Z: F64 = np.divide(B, t, dtype=np.float64)
-    Z -= logsumexp(Z, axis=1, keepdims=True)
-    return Z
-
-
 def rows(metric: str, t: float | None, X: Any) -> tuple[F32, Stats]:
     """Embedded stored rows (n, width) float32 and their `Stats`; X is (n, d) raw logits."""
     n, d = X.shape
@@ -89,7 +85,7 @@ def _rows_block(metric: str, t: float | None, B: Any) -> tuple[F32, Stats]:
         return E64.astype(np.float32), Stats(norm=1.0)
     assert t is not None  # IndexSpec guarantees a temperature for tri and ced
     if metric == "tri":
-        logP = _log_softmax(B, t)
+        logP = log_softmax(B, t)
         pmin, pmax = float(np.exp(logP.min())), float(np.exp(logP.max()))
         E64 = np.exp(0.5 * logP) - 1.0 / math.sqrt(d)
         norm = float(np.sqrt((E64**2).sum(axis=1).max()))
@@ -133,7 +129,7 @@ def queries(metric: str, t: float | None, Q: F64) -> Queries:
         E = Q if metric == "euc" else _unit(Q)
         return Queries(E.astype(np.float32), Q, np.sqrt((E * E).sum(axis=1)), ones, 0 * ones)
     assert t is not None
-    logP = _log_softmax(Q, t)
+    logP = log_softmax(Q, t)
     P = np.exp(logP)
     if metric == "tri":
         E = np.exp(0.5 * logP) - 1.0 / math.sqrt(d)

@@ -27,14 +27,14 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
 
+from core.kernels import FASTMATH
 from core.parallel import region
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-_FM = {"reassoc", "contract", "nsz"}
-_OPTS: dict[str, Any] = {"parallel": True, "cache": True, "fastmath": _FM, "nogil": True}
+_OPTS: dict[str, Any] = {"parallel": True, "cache": True, "fastmath": set(FASTMATH), "nogil": True}
 _U32 = 2.0**-24
 #: rows handled together by one thread of a scan kernel (a block of d = 1000 float64 is 128 kB)
 _BLOCK = 16
@@ -54,6 +54,9 @@ _SHIFT_BITS = 0x4338000000000000
 _EXP_MIN = -708.0
 
 
+# nnan/ninf on top of core.kernels.FASTMATH's contract/nsz (no reassoc: the bit trick's rounding
+# must not be reordered): z is finite and clamped at _EXP_MIN by construction, so they only let the
+# loop vectorise
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "nnan", "ninf"})
 def exp_inplace(z, buf):  # type: ignore[no-untyped-def]
     """z <- exp(z) for finite z <= 709; buf: scratch of the same length (float64)."""
