@@ -22,8 +22,9 @@ from pathlib import Path
 _NUMBER = re.compile(r"^-?[\d,]*\.?\d+$")
 
 
-def tables(text: str) -> dict[tuple[str, str, str], float]:
-    """Numeric cells of every markdown table in `text`, keyed by (table, row label, column)."""
+def tables(text: str, keys: re.Pattern[str] | None = None) -> dict[tuple[str, str, str], float]:
+    """Numeric cells of every markdown table in `text`, keyed by (table, row label, column); the row
+    label is the cells of the columns whose header matches `keys`, or else the non-numeric cells."""
     out: dict[tuple[str, str, str], float] = {}
     header: list[str] | None = None
     for line in text.splitlines():
@@ -37,7 +38,8 @@ def tables(text: str) -> dict[tuple[str, str, str], float]:
             continue
         if all(set(c) <= set("-: ") for c in cells):
             continue
-        label = " / ".join(c for c in cells if not _NUMBER.match(c))
+        label = " / ".join(c for h, c in zip(header, cells)
+                           if (keys.search(h) if keys is not None else not _NUMBER.match(c)))
         for col, cell in zip(header, cells):
             if _NUMBER.match(cell):
                 out[(header[0], label, col)] = float(cell.replace(",", ""))
@@ -59,13 +61,15 @@ def main() -> None:
     ap.add_argument("--b", type=Path, required=True, help="the checkout measured against it (new)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--columns", default=".", help="regex: only columns whose header matches")
+    ap.add_argument("--keys", help="regex: the columns that name a row (default: its non-numeric cells)")
     ap.add_argument("script", nargs=argparse.REMAINDER, help="-- the benchmark script and its arguments")
     args = ap.parse_args()
     script = [s for s in args.script if s != "--"]
+    keys = re.compile(args.keys) if args.keys else None
     runs: dict[str, list[dict[tuple[str, str, str], float]]] = {"a": [], "b": []}
     for r in range(args.rounds):
         for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
-            runs[side].append(tables(run(getattr(args, side).resolve(), script)))
+            runs[side].append(tables(run(getattr(args, side).resolve(), script), keys))
     wanted = re.compile(args.columns)
     keys = [k for k in runs["a"][0] if wanted.search(k[2]) and all(k in t for t in runs["a"] + runs["b"])]
     print(f"# {' '.join(script)}: A = {args.a}, B = {args.b}, median of {args.rounds} alternating rounds\n")
