@@ -28,6 +28,10 @@ ENV: dict[str, tuple[str, str]] = {
     "LOGITSEARCH_MAX_EVAL_SAMPLE": ("max_eval_sample", "most points one evaluation compares"),
     "LOGITSEARCH_SNAPSHOT_EVERY": ("snapshot_every", "writes between index snapshots"),
     "LOGITSEARCH_DRAIN_SECONDS": ("drain_seconds", "at stop, seconds open requests get to finish before a 503"),
+    "LOGITSEARCH_RAY_ADDRESS": ("ray_address", ("unset: no Ray (one process); `local`: a local Ray on 127.0.0.1; "
+                                                "else a Ray cluster's address: collections may then have `shards`")),
+    "LOGITSEARCH_RAY_SHARD_CPUS": ("ray_shard_cpus", ("CPUs Ray reserves for each shard actor (its numba and "
+                                                      "OpenMP threads: this rounded up)")),
 }
 
 
@@ -49,6 +53,9 @@ class Settings:
     snapshot_every: int = 50_000
     # docker stop allows 10 s before SIGKILL: 5 s of drain leaves 5 s for the snapshot (issue 11)
     drain_seconds: int = 5
+    # issue 13: sharded collections, each shard a Ray actor (service/ray_shards.py)
+    ray_address: str | None = None
+    ray_shard_cpus: float = 1.0
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with keys hidden, as printed at start."""
@@ -64,6 +71,11 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
     try:
         if isinstance(default, bool):
             return str(raw).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, float):
+            fvalue = float(raw)
+            if not (0 < fvalue < 1e6):
+                raise ValueError
+            return fvalue
         if isinstance(default, int):
             value = int(raw)
             if value <= 0 and name != "port":

@@ -19,6 +19,6 @@ async def healthz() -> HealthOut:
 @router.get("/readyz", response_model=ReadyOut, summary="Readiness: every collection loaded",
             responses={503: {"model": ReadyOut, "description": "collections still loading"}})
 def readyz(request: Request) -> JSONResponse:
-    ready, states = request.app.state.backend.readiness()
-    body = ReadyOut(status="ready" if ready else "loading", collections=states)
+    ready, states, shards = request.app.state.backend.readiness_of_shards()
+    body = ReadyOut(status="ready" if ready else "loading", collections=states, shards=shards)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
