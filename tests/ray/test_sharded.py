@@ -277,3 +277,38 @@ def test_a_restart_recovers_each_shard_from_its_own_files_issue_13(ray_local, tm
         assert client.get(f"{C}/r").json()["count"] == 60
         assert client.delete(f"{C}/r").status_code == 200
         assert not (tmp_path / "shards" / "c1-s0").exists()
+
+
+def _npy(X: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, X)
+    return buf.getvalue()
+
+
+def test_a_bulk_ingest_streams_to_the_shards_under_one_commit_issue_13(served, rng):
+    """Two 8 MiB chunks, each prepared on its shards as it arrives; a bulk that fails in its
+    second chunk leaves nothing of its first on any shard."""
+    client = served[0]
+    X = rng.normal(size=(40_000, 64)).astype(np.float32)
+    raw = {"content-type": "application/octet-stream"}
+    for name, shards in (("bulk1", None), ("bulk3", 3)):
+        body: dict[str, Any] = {"dim": 64, "metrics": ["euc"], **({"shards": shards} if shards else {})}
+        assert client.put(f"{C}/{name}", json=body).status_code == 201
+        r = client.post(f"{C}/{name}/points/bulk", params={"start": 7}, content=_npy(X), headers=raw)
+        assert r.status_code == 200 and r.json()["count"] == 40_000 and r.json()["status"] == "completed", r.text
+        names = "\n".join(f"n{i}" for i in range(35_000)).encode()  # fewer ids than rows: fails in chunk 2
+        files = {"file": ("x.npy", _npy(X), "application/octet-stream"), "ids": ("ids.txt", names, "text/plain")}
+        assert client.post(f"{C}/{name}/points/bulk", files=files).status_code == 422
+        info = client.get(f"{C}/{name}").json()
+        assert info["count"] == 40_000 and info["last_operation_id"] == 1
+    coord: Coordinator = client.app.state.backend
+    assert all(s.result(s.submit("prepared_tokens")) == [] for s in coord._members["bulk3"].shards)
+    assert min(s.points() for s in coord._members["bulk3"].shards) > 12_000
+    searches = [{"vector": X[i].astype(float).tolist(), "k": 10} for i in (0, 32_767, 32_768, 39_999)]
+    a = client.post(f"{C}/bulk1/search/batch", json={"searches": searches}).json()["results"]
+    b = client.post(f"{C}/bulk3/search/batch", json={"searches": searches}).json()["results"]
+    for ra, rb in zip(a, b):
+        _same(ra, rb)
+    assert [r["hits"][0]["id"] for r in b] == [7, 32_774, 32_775, 40_006]

@@ -1,0 +1,107 @@
+"""A shard actor's process killed (SIGKILL) while writes stream in (issue 13): requests that need it
+answer 503 with Retry-After naming it, never a partial answer; Ray restarts it from its own files;
+no acknowledged write is lost, and every refused batch (it spans the shards) is there whole or not
+at all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.ray.conftest import ray_client
+
+C = "/v1/collections"
+DIM = 8
+
+
+def _present(client: Any, ids: list[Any]) -> int:
+    r = client.post(f"{C}/f/points/get", json={"ids": ids, "with_vector": False, "with_payload": False})
+    assert r.status_code == 200, r.text
+    return len(r.json()["points"])
+
+
+def test_a_killed_shard_answers_503_and_loses_no_acknowledged_write_issue_13(ray_local, tmp_path):
+    with ray_client(Path(tmp_path)) as client:
+        assert client.put(f"{C}/f", json={"dim": DIM, "metrics": ["euc"], "shards": 3}).status_code == 201
+        coord = client.app.state.backend
+        victim = coord._members["f"].shards[1]
+        pid, label = victim.ping()
+        assert label == "f/shard-1"
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ShardActor")  # Ray's title
+
+        acked: list[list[str]] = []
+        refused: list[tuple[list[str], int, str | None, str]] = []
+        stop = threading.Event()
+
+        def stream() -> None:
+            gen = np.random.default_rng(7)
+            b = 0
+            while not stop.is_set():
+                ids = [f"b{b}-{i}" for i in range(12)]  # 12 ids: every batch spans the 3 shards
+                X = gen.normal(size=(12, DIM))
+                r = client.put(f"{C}/f/points", json={"ids": ids, "vectors": X.tolist()})
+                if r.status_code == 200:
+                    acked.append(ids)
+                else:
+                    refused.append((ids, r.status_code, r.headers.get("retry-after"), r.json().get("detail", "")))
+                b += 1
+
+        writer = threading.Thread(target=stream)
+        writer.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(acked) < 5:
+                assert time.monotonic() < deadline and writer.is_alive(), refused
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            down_search = down_ready = None
+            deadline = time.monotonic() + 10
+            while (down_search is None or down_ready is None) and time.monotonic() < deadline:
+                if down_search is None:
+                    r = client.post(f"{C}/f/search", json={"vector": [0.0] * DIM, "k": 3})
+                    if r.status_code != 200:
+                        down_search = r
+                if down_ready is None:
+                    r = client.get("/readyz")
+                    if r.json()["shards"].get("f/shard-1") == "unavailable":
+                        down_ready = r
+            assert down_search is not None, "no search noticed the dead shard"
+            assert down_search.status_code == 503 and down_search.headers["retry-after"]
+            assert "f/shard-1" in down_search.json()["detail"]
+            assert down_ready is not None and down_ready.status_code == 503
+            # back: a new process, found by name, recovered from its own files
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    new_pid, _ = victim.ping(timeout=2)
+                    break
+                except Exception:  # noqa: BLE001 -- still restarting
+                    assert time.monotonic() < deadline, "the shard did not come back"
+                    time.sleep(0.1)
+            assert new_pid != pid
+            grown = len(acked)
+            deadline = time.monotonic() + 30
+            while len(acked) < grown + 5:  # writes flow again
+                assert time.monotonic() < deadline and writer.is_alive(), refused[-3:]
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            writer.join(timeout=60)
+        assert refused, "no write met the dead shard"
+        for ids, status, retry, detail in refused:
+            assert status == 503 and retry, (status, detail)
+            assert "f/shard-1" in detail, detail
+            assert _present(client, ids) in (0, len(ids))  # all or nothing, never half a batch
+        everything = [e for ids in acked for e in ids]
+        assert _present(client, everything) == len(everything)
+        wholes = sum(_present(client, ids) == len(ids) for ids, *_ in refused)
+        assert client.get(f"{C}/f").json()["count"] == len(everything) + 12 * wholes
+        r = client.post(f"{C}/f/search", json={"id": acked[-1][0], "k": 5})
+        assert r.status_code == 200 and len(r.json()["hits"]) == 5
+        assert client.get("/readyz").status_code == 200
