@@ -18,6 +18,8 @@ for LOGITSEARCH_RAY_SHARD_CPUS = 0.25 CPU (1 thread) so that 7 actors fit on 2 C
 
     python benchmarks/scale_bench.py            # N = 20,000
     python benchmarks/scale_bench.py --quick    # N = 4,000, short cells
+    python benchmarks/scale_bench.py --shard-figures   # one shard's memory and query time at d = 1000,
+                                                       # the inputs of docs/scaling.md's projection
 """
 
 from __future__ import annotations
@@ -79,13 +81,59 @@ def p99_ms(cell: Cell) -> float:
     return float(np.percentile(cell.latencies, 99)) * 1e3 if cell.latencies else float("nan")
 
 
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def shard_figures(n: int) -> None:
+    """One shard's IndexSet at d = 1000 with one thread (a shard actor with 1 CPU): resident bytes
+    per row and single-query milliseconds for flat and IVF, euc and tri (t = 10)."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    from indexes.knn import IndexSet, IndexSpec
+
+    rng = np.random.default_rng(3)
+    path = Path(os.environ.get("LOGITSEARCH_SHARED_DATA", REPO.parent / "shared" / "data")) / "imagenet_effnet_dev.npy"
+    base = np.load(path) if path.exists() else rng.normal(0, 1.5, (5000, 1000)).astype(np.float32)
+    X = (base[rng.integers(0, len(base), n)] + rng.normal(0, 0.5, (n, 1000))).astype(np.float32)
+    Q = (base[rng.integers(0, len(base), 30)] + rng.normal(0, 0.5, (30, 1000))).astype(np.float64)
+    print(f"one shard, n = {n:,} rows, d = 1000, 1 thread; resident bytes per row and per-query ms (median of 30)\n")
+    print("| index | bytes/row (RSS) | single query ms, k = 10 |")
+    print("|---|---|---|")
+    for metric, t in (("euc", None), ("tri", 10.0)):
+        for kind, params in (("flat", {}), ("ivf", {"nlist": 256, "nprobe": 16})):
+            before = _rss()
+            iset = IndexSet(1000, [IndexSpec(metric, t, kind, params)])  # type: ignore[arg-type]
+            for s in range(0, n, 16384):
+                iset.upsert(np.arange(s, min(s + 16384, n), dtype=np.int64), X[s:s + 16384], 1)
+            iset.search(metric, Q[:1], 10, temperature=t, kind=kind)  # type: ignore[arg-type]
+            grown = _rss() - before
+            times = []
+            for q in Q:
+                t0 = time.perf_counter()
+                iset.search(metric, q[None], 10, temperature=t, kind=kind)  # type: ignore[arg-type]
+                times.append(time.perf_counter() - t0)
+            print(f"| {metric}{'' if t is None else f' t={t:g}'} {kind} | {grown / n:,.0f} "
+                  f"| {np.median(times) * 1e3:.2f} |")
+            del iset
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--seconds", type=float, default=4.0, help="per cell and round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--shard-figures", action="store_true", help="only one shard's memory and query time")
     a = ap.parse_args(argv)
+    if a.shard_figures:
+        shard_figures(20_000 if a.quick else 50_000)
+        return 0
     if a.quick:
         a.n, a.seconds, a.rounds = 4_000, 1.5, 1
     X, Q = make_data(a.n, 500, seed=13)

@@ -105,3 +105,79 @@ def test_a_killed_shard_answers_503_and_loses_no_acknowledged_write_issue_13(ray
         r = client.post(f"{C}/f/search", json={"id": acked[-1][0], "k": 5})
         assert r.status_code == 200 and len(r.json()["hits"]) == 5
         assert client.get("/readyz").status_code == 200
+
+
+def test_eight_writers_and_eight_readers_on_three_shards_issue_13(ray_local, tmp_path):
+    """Writers own disjoint ids (upserts, updates, deletes); readers search by vector and by id and
+    scroll meanwhile. No request fails, and the end state is the writers' own model of it."""
+    with ray_client(Path(tmp_path)) as client:
+        assert client.put(f"{C}/cc", json={"dim": DIM, "metrics": ["euc", "tri"], "shards": 3}).status_code == 201
+        errors: list[str] = []
+        models: list[dict[str, list[float]]] = [{} for _ in range(8)]
+        stop = threading.Event()
+
+        def writer(w: int) -> None:
+            gen = np.random.default_rng(100 + w)
+            model = models[w]
+            b = 0
+            while not stop.is_set() and b < 12:
+                ids = [f"w{w}-{(b * 7 + i) % 60}" for i in range(6)]  # revisits ids: updates
+                X = gen.normal(size=(6, DIM))
+                r = client.put(f"{C}/cc/points", json={"ids": ids, "vectors": X.tolist()})
+                if r.status_code != 200:
+                    errors.append(f"upsert {r.status_code} {r.text[:200]}")
+                    return
+                model.update({e: x.tolist() for e, x in zip(ids, X)})
+                if b % 4 == 3:
+                    gone = ids[:2]
+                    r = client.post(f"{C}/cc/points/delete", json={"ids": gone})
+                    if r.status_code != 200:
+                        errors.append(f"delete {r.status_code} {r.text[:200]}")
+                        return
+                    for e in gone:
+                        model.pop(e, None)
+                b += 1
+
+        def reader(rd: int) -> None:
+            gen = np.random.default_rng(200 + rd)
+            while not stop.is_set():
+                r = client.post(f"{C}/cc/search", json={"vector": gen.normal(size=DIM).tolist(), "k": 7,
+                                                        "metric": "tri", "temperature": 10.0})
+                if r.status_code != 200:
+                    errors.append(f"search {r.status_code} {r.text[:200]}")
+                    return
+                hits = r.json()["hits"]
+                if hits:
+                    r = client.post(f"{C}/cc/search", json={"id": hits[0]["id"], "k": 3})
+                    if r.status_code not in (200, 404):  # 404: deleted meanwhile
+                        errors.append(f"id search {r.status_code} {r.text[:200]}")
+                        return
+                r = client.post(f"{C}/cc/points/scroll", json={"limit": 50})
+                if r.status_code != 200:
+                    errors.append(f"scroll {r.status_code} {r.text[:200]}")
+                    return
+
+        writers = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+        readers = [threading.Thread(target=reader, args=(r,)) for r in range(8)]
+        for t in writers + readers:
+            t.start()
+        for t in writers:
+            t.join(timeout=300)
+        stop.set()
+        for t in readers:
+            t.join(timeout=60)
+        assert not errors, errors[:5]
+        want = {e: x for m in models for e, x in m.items()}
+        assert client.get(f"{C}/cc").json()["count"] == len(want)
+        got = client.post(f"{C}/cc/points/get", json={"ids": list(want), "with_payload": False}).json()
+        assert got["missing"] == []
+        for p in got["points"]:
+            np.testing.assert_allclose(p["vector"], np.float32(want[p["id"]]), rtol=0, atol=0)
+        every, offset = [], None
+        while True:
+            page = client.post(f"{C}/cc/points/scroll", json={"limit": 37, "offset": offset}).json()
+            every += [p["id"] for p in page["points"]]
+            if page["next_offset"] is None:
+                break
+            offset = page["next_offset"]
+        assert sorted(every) == sorted(want) and len(every) == len(set(every))
