@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from service_bench import Cell, Http, make_data, run_threads  # noqa: E402
+from service_bench import Cell, Http, make_data, run_threads
 
-from tests.e2e.conftest import start_server, stop_server  # noqa: E402
+from tests.e2e.conftest import start_server, stop_server
 
 BATCH = 100
 JSON_ROWS = 1000

@@ -509,7 +509,7 @@ class Coordinator:
         for name in list(self._members):
             try:
                 info = self._info(name)
-            except NotFound:  # dropped meanwhile
+            except (NotFound, StorageError):  # dropped meanwhile, or a shard is down
                 continue
             yield info.name, info.count, [(i.key, i.vectors) for i in info.indexes if i.status == "ready"]
 
@@ -616,23 +616,11 @@ class Coordinator:
         if member.remote:
             return self._sharded_bulk(name, member, chunks, ids, wait, payloads)
         shard = member.shard
-        id_iter = iter(ids)
         with member.lock:
             handle = shard.bulk_begin()
-            n = 0
             try:
-                for X in chunks:
-                    exts = list(itertools.islice(id_iter, len(X)))
-                    if len(exts) != len(X):
-                        raise InvalidInput("ids", f"{n + len(exts)} ids for at least {n + len(X)} rows")
-                    if payloads is not None and n + len(X) > len(payloads):
-                        raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
-                    shard.bulk_chunk(handle, exts, X, None if payloads is None else payloads[n:n + len(X)])
-                    n += len(X)
-                if next(id_iter, None) is not None:
-                    raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
-                if payloads is not None and n and len(payloads) != n:
-                    raise InvalidInput("payloads", f"{len(payloads)} payloads for {n} rows")
+                for X, exts, pay, _ in _bulk_rows(chunks, ids, payloads):
+                    shard.bulk_chunk(handle, exts, X, pay)
             except BaseException as exc:
                 shard.bulk_abort(handle, exc)
                 raise
@@ -692,19 +680,12 @@ class Coordinator:
         from service.ray_shards import route
 
         n_shards = len(member.shards)
-        id_iter = iter(ids)
         seen: set[Ext] = set()
         parts = [0] * n_shards
         with member.lock:
             token: int | None = None
             try:
-                n = 0
-                for X in chunks:
-                    exts = list(itertools.islice(id_iter, len(X)))
-                    if len(exts) != len(X):
-                        raise InvalidInput("ids", f"{n + len(exts)} ids for at least {n + len(X)} rows")
-                    if payloads is not None and n + len(X) > len(payloads):
-                        raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
+                for X, exts, pay, n in _bulk_rows(chunks, ids, payloads):
                     for j, e in enumerate(exts):  # the shards only see their own rows
                         if e in seen:
                             raise InvalidInput("ids", f"duplicate id {e!r} (row {n + j}); ids must be unique")
@@ -712,7 +693,6 @@ class Coordinator:
                     start = self.catalog.reserve(len(X))
                     token = start if token is None else token
                     cand = np.arange(start, start + len(X), dtype=np.int64)
-                    pay = None if payloads is None else payloads[n:n + len(X)]
                     work = []
                     for j, rows in enumerate(route(exts, n_shards)):
                         if rows:
@@ -721,12 +701,7 @@ class Coordinator:
                                                                cand[rows])))
                             parts[j] += 1
                     self._prepare(member, token, work)
-                    n += len(X)
-                if next(id_iter, None) is not None:
-                    raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
-                if payloads is not None and n and len(payloads) != n:
-                    raise InvalidInput("payloads", f"{len(payloads)} payloads for {n} rows")
-                if n == 0 or token is None:
+                if token is None:
                     raise InvalidInput("body", "the matrix has no rows")
             except BaseException:
                 if token is not None:
@@ -1188,6 +1163,26 @@ class Coordinator:
                 if vecs is not None and part.vectors is not None:
                     vecs[r] = part.vectors[t]
         return Described(exts, pays, vecs)
+
+
+def _bulk_rows(chunks: Iterable[F32], ids: Iterable[Ext], payloads: Sequence[str | None] | None
+               ) -> Iterator[tuple[F32, list[Ext], list[str | None] | None, int]]:
+    """Each chunk of a bulk write with its ids, its payloads and the rows before it, checked as they
+    come; after the last chunk, that ids and payloads were not longer than the rows."""
+    id_iter = iter(ids)
+    n = 0
+    for X in chunks:
+        exts = list(itertools.islice(id_iter, len(X)))
+        if len(exts) != len(X):
+            raise InvalidInput("ids", f"{n + len(exts)} ids for at least {n + len(X)} rows")
+        if payloads is not None and n + len(X) > len(payloads):
+            raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
+        yield X, exts, None if payloads is None else list(payloads[n:n + len(X)]), n
+        n += len(X)
+    if next(id_iter, None) is not None:
+        raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
+    if payloads is not None and n and len(payloads) != n:
+        raise InvalidInput("payloads", f"{len(payloads)} payloads for {n} rows")
 
 
 def pick_index(entry: Entry, metric: str | None, temperature: float | None, kind: str | None,

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.ray_shards import shard_of
 from service.settings import load_settings
+from tests.service.conftest import client  # noqa: F401  (the fixture, for test_without_ray.py)
 
 #: each shard actor asks Ray for this many CPUs (the module's Ray has two; a test makes a few actors)
 SHARD_CPUS = 0.1

@@ -181,3 +181,81 @@ def test_eight_writers_and_eight_readers_on_three_shards_issue_13(ray_local, tmp
                 break
             offset = page["next_offset"]
         assert sorted(every) == sorted(want) and len(every) == len(set(every))
+
+
+def _kill(client: Any, name: str, j: int) -> int:
+    """SIGKILL the process of shard j of `name` (found by its Ray title); its pid."""
+    pid, _ = client.app.state.backend._members[name].shards[j].ping()
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ShardActor")
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _until_ready(client: Any, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").text
+        time.sleep(0.2)
+
+
+def test_a_shard_killed_during_an_index_build_resumes_it_from_its_own_files_issue_13(ray_local, tmp_path):
+    gen = np.random.default_rng(11)
+    X = gen.normal(size=(6000, 16)).astype(np.float32)
+    with ray_client(Path(tmp_path)) as client:
+        assert client.put(f"{C}/ib", json={"dim": 16, "metrics": ["euc"], "shards": 3}).status_code == 201
+        body = {"ids": list(range(6000)), "vectors": X.astype(float).tolist()}
+        assert client.put(f"{C}/ib/points", json=body).status_code == 200
+        r = client.post(f"{C}/ib/indexes", json={"metric": "euc", "kind": "hnsw", "params": {"M": 16}})
+        assert r.status_code == 202, r.text
+        _kill(client, "ib", 0)
+        deadline = time.monotonic() + 90
+        while True:
+            r = client.get(f"{C}/ib/indexes")
+            assert r.status_code in (200, 503) and time.monotonic() < deadline, r.text  # 503: shard 0 restarting
+            states = {i["id"]: i["status"] for i in r.json()["indexes"]} if r.status_code == 200 else {}
+            if states and all(s == "ready" for s in states.values()):
+                break
+            assert "failed" not in states.values(), states
+            time.sleep(0.2)
+        _until_ready(client)
+        assert client.get(f"{C}/ib").json()["count"] == 6000
+        q = {"vector": X[5].astype(float).tolist(), "k": 10, "metric": "euc"}
+        flat = client.post(f"{C}/ib/search", json={**q, "kind": "flat"}).json()["hits"]
+        hnsw = client.post(f"{C}/ib/search", json={**q, "kind": "hnsw", "exact": True}).json()["hits"]
+        assert [h["id"] for h in hnsw] == [h["id"] for h in flat] and flat[0]["id"] == 5
+
+
+def test_a_shard_killed_during_a_bulk_ingest_leaves_all_of_it_or_none_issue_13(ray_local, tmp_path):
+    import io
+
+    gen = np.random.default_rng(12)
+    X = gen.normal(size=(40_000, 64)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, X)
+    with ray_client(Path(tmp_path)) as client:
+        assert client.put(f"{C}/bk", json={"dim": 64, "metrics": ["euc"], "shards": 3}).status_code == 201
+        answer: list[Any] = []
+        ingest = threading.Thread(target=lambda: answer.append(client.post(
+            f"{C}/bk/points/bulk", params={"start": 0}, content=buf.getvalue(),
+            headers={"content-type": "application/octet-stream"})))
+        ingest.start()
+        time.sleep(0.3)
+        _kill(client, "bk", 1)
+        ingest.join(timeout=120)
+        r = answer[0]
+        assert r.status_code in (200, 503), r.text
+        if r.status_code == 503:
+            assert "bk/shard-1" in r.json()["detail"] and r.headers["retry-after"]
+        _until_ready(client)
+        deadline = time.monotonic() + 30
+        while True:  # the next request resolves what the failed write left prepared
+            got = client.get(f"{C}/bk")
+            if got.status_code == 200:
+                break
+            assert time.monotonic() < deadline, got.text
+            time.sleep(0.2)
+        count = got.json()["count"]
+        assert count == (40_000 if r.status_code == 200 else count) and count in (0, 40_000)
+        if count:
+            hit = client.post(f"{C}/bk/search", json={"vector": X[39_999].astype(float).tolist(), "k": 1}).json()
+            assert hit["hits"][0]["id"] == 39_999

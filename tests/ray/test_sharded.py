@@ -112,7 +112,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 
 def test_the_three_shards_are_uneven_one_empty_one_below_k_issue_13(served):
-    client, ids, _, _ = served
+    client = served[0]
     coord: Coordinator = client.app.state.backend
     sizes = [s.points() for s in coord._members["three"].shards]
     assert sizes[2] == 0 and 0 < sizes[1] < 5 and sum(sizes) == coord.count("one")
@@ -123,18 +123,25 @@ def test_the_three_shards_are_uneven_one_empty_one_below_k_issue_13(served):
         {f"real3/shard-{j}": "ready" for j in range(3)} if served[3] else {})
 
 
-@pytest.mark.parametrize("data", ["synthetic", "real"])
-def test_every_metric_and_kind_answers_as_one_shard_issue_13(served, data, rng):
-    client, ids, X, real = served
+def _pair(served: Any, data: str) -> tuple[str, str, list[Any], np.ndarray]:
+    """(unsharded name, sharded name, stored ids, their rows) of the synthetic or the real pair."""
+    client, _, X, real = served
     if data == "real":
         if real is None:
             pytest.skip("../shared/data is absent")
-        one, three, X, ids = "real1", "real3", real[0], real[1]
-        by_id = [ids[5], ids[400], ids[899]]
+        return "real1", "real3", real[1], real[0]
+    present = [p["id"] for p in client.post(f"{C}/one/points/scroll", json={"limit": 100}).json()["points"]]
+    return "one", "three", present, X
+
+
+@pytest.mark.parametrize("data", ["synthetic", "real"])
+def test_every_metric_and_kind_answers_as_one_shard_issue_13(served, data, rng):
+    client = served[0]
+    one, three, present, X = _pair(served, data)
+    if data == "real":
+        by_id = [present[5], present[400], present[899]]
         ks = [1, 10, 200]
     else:
-        one, three = "one", "three"
-        present = [p["id"] for p in client.post(f"{C}/one/points/scroll", json={"limit": 100}).json()["points"]]
         by_shard = [[e for e in present if shard_of(e, 3) == j] for j in range(3)]
         by_id = [by_shard[0][0], by_shard[1][0], by_shard[0][-1]]
         ks = [1, 5, 60]
@@ -198,14 +205,9 @@ def _close(a: Any, b: Any, path: str = "") -> None:
 @pytest.mark.parametrize("ranks", ["average", "paper"])
 @pytest.mark.parametrize("data", ["synthetic", "real"])
 def test_evaluation_ranks_globally_rho_as_one_shard_issue_13(served, ranks, data):
-    client, ids, _, real = served
-    if data == "real":
-        if real is None:
-            pytest.skip("../shared/data is absent")
-        one, three, query, sample = "real1", "real3", real[1][17], 300
-    else:
-        present = [p["id"] for p in client.post(f"{C}/one/points/scroll", json={"limit": 100}).json()["points"]]
-        one, three, query, sample = "one", "three", present[11], 20
+    client = served[0]
+    one, three, present, _ = _pair(served, data)
+    query, sample = (present[17], 300) if data == "real" else (present[11], 20)
     body = {"id": query, "temperatures": TEMPS, "sample": sample, "seed": 5, "ranks": ranks}
     a, b = client.post(f"{C}/{one}/evaluate", json=body), client.post(f"{C}/{three}/evaluate", json=body)
     assert a.status_code == b.status_code == 200, (a.text, b.text)

@@ -4,7 +4,7 @@ shard is today's collection. Runs whether or not ray is installed."""
 from __future__ import annotations
 
 from service.ray_shards import BUCKETS, bucket_of, route, shard_of
-from tests.service.conftest import client, problem  # noqa: F401  (the fixture)
+from tests.service.conftest import problem
 
 
 def test_more_than_one_shard_without_ray_is_refused_naming_the_setting_issue_13(client):
