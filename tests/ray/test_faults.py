@@ -120,7 +120,7 @@ def test_eight_writers_and_eight_readers_on_three_shards_issue_13(ray_local, tmp
             gen = np.random.default_rng(100 + w)
             model = models[w]
             b = 0
-            while not stop.is_set() and b < 12:
+            while not stop.is_set() and b < 8:
                 ids = [f"w{w}-{(b * 7 + i) % 60}" for i in range(6)]  # revisits ids: updates
                 X = gen.normal(size=(6, DIM))
                 r = client.put(f"{C}/cc/points", json={"ids": ids, "vectors": X.tolist()})
@@ -200,10 +200,10 @@ def _until_ready(client: Any, seconds: float = 60) -> None:
 
 def test_a_shard_killed_during_an_index_build_resumes_it_from_its_own_files_issue_13(ray_local, tmp_path):
     gen = np.random.default_rng(11)
-    X = gen.normal(size=(6000, 16)).astype(np.float32)
+    X = gen.normal(size=(3000, 16)).astype(np.float32)
     with ray_client(Path(tmp_path)) as client:
         assert client.put(f"{C}/ib", json={"dim": 16, "metrics": ["euc"], "shards": 3}).status_code == 201
-        body = {"ids": list(range(6000)), "vectors": X.astype(float).tolist()}
+        body = {"ids": list(range(3000)), "vectors": X.astype(float).tolist()}
         assert client.put(f"{C}/ib/points", json=body).status_code == 200
         r = client.post(f"{C}/ib/indexes", json={"metric": "euc", "kind": "hnsw", "params": {"M": 16}})
         assert r.status_code == 202, r.text
@@ -218,7 +218,7 @@ def test_a_shard_killed_during_an_index_build_resumes_it_from_its_own_files_issu
             assert "failed" not in states.values(), states
             time.sleep(0.2)
         _until_ready(client)
-        assert client.get(f"{C}/ib").json()["count"] == 6000
+        assert client.get(f"{C}/ib").json()["count"] == 3000
         q = {"vector": X[5].astype(float).tolist(), "k": 10, "metric": "euc"}
         flat = client.post(f"{C}/ib/search", json={**q, "kind": "flat"}).json()["hits"]
         hnsw = client.post(f"{C}/ib/search", json={**q, "kind": "hnsw", "exact": True}).json()["hits"]
@@ -259,3 +259,68 @@ def test_a_shard_killed_during_a_bulk_ingest_leaves_all_of_it_or_none_issue_13(r
         if count:
             hit = client.post(f"{C}/bk/search", json={"vector": X[39_999].astype(float).tolist(), "k": 1}).json()
             assert hit["hits"][0]["id"] == 39_999
+
+
+def test_a_server_killed_mid_write_leaves_no_half_batch_and_loses_nothing_acknowledged_issue_13(
+        ray_local, tmp_path):
+    """The HTTP server (the coordinator) SIGKILLed while batches spanning 3 shards stream in; the
+    detached shard actors live on; the next server finds them by name and resolves from its catalog
+    what the killed one left prepared."""
+    import httpx
+
+    from tests.e2e.conftest import start_server, stop_server
+
+    env = {"LOGITSEARCH_RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "LOGITSEARCH_RAY_SHARD_CPUS": "0.1"}
+    data = Path(tmp_path) / "data"
+    base, proc = start_server(data, env, timeout=120)
+    acked: list[list[str]] = []
+    sent: list[list[str]] = []
+    try:
+        assert httpx.put(f"{base}{C}/k", json={"dim": DIM, "metrics": ["euc"], "shards": 3},
+                         timeout=60).status_code == 201
+        stop = threading.Event()
+
+        def stream() -> None:
+            gen = np.random.default_rng(9)
+            with httpx.Client(base_url=base, timeout=30) as h:
+                b = 0
+                while not stop.is_set():
+                    ids = [f"k{b}-{i}" for i in range(12)]
+                    sent.append(ids)
+                    try:
+                        r = h.put(f"{C}/k/points", json={"ids": ids, "vectors": gen.normal(size=(12, DIM)).tolist()})
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if r.status_code == 200:
+                        acked.append(ids)
+                    b += 1
+
+        writer = threading.Thread(target=stream)
+        writer.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < 8:
+            assert time.monotonic() < deadline and writer.is_alive()
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait(timeout=30)
+        stop.set()
+        writer.join(timeout=60)
+    finally:
+        stop_server(proc)
+    base, proc = start_server(data, env, timeout=120)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as h:
+            def present(ids: list[str]) -> int:
+                r = h.post(f"{C}/k/points/get", json={"ids": ids, "with_vector": False, "with_payload": False})
+                assert r.status_code == 200, r.text
+                return len(r.json()["points"])
+
+            everything = [e for ids in acked for e in ids]
+            assert present(everything) == len(everything)
+            assert all(present(ids) in (0, len(ids)) for ids in sent)  # the batch in flight: whole or absent
+            whole = sum(present(ids) == len(ids) for ids in sent)
+            assert h.get(f"{C}/k").json()["count"] == 12 * whole
+            assert h.get("/readyz").json()["shards"] == {f"k/shard-{j}": "ready" for j in range(3)}
+    finally:
+        stop_server(proc)
