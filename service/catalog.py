@@ -28,6 +28,8 @@ DEFAULT_METRICS = ("euc", "cos", "tri")
 DEFAULT_TEMPERATURES = (10.0,)
 #: most shards one collection may have (issue 13)
 MAX_SHARDS = 256
+#: internal ids reserved durably at once for sharded writes
+RESERVE_BLOCK = 65536
 
 
 def check_name(name: str) -> None:
@@ -162,6 +164,7 @@ class Catalog:
         self._store = store
         self._entries: dict[str, Entry] = {}
         self._lock = threading.RLock()
+        self._next = self._limit = 0  # the reserved block of internal ids (sharded writes)
 
     def load(self) -> list[Entry]:
         """Read every collection from SQLite (at start); the entries in creation order."""
@@ -264,10 +267,19 @@ class Catalog:
             _sql(tx).execute(_PLACEMENT)
 
     def reserve(self, n: int) -> int:
-        """Durably reserve max(n, 1) fresh internal ids, the candidates of one sharded write; the
-        first is the write's token (never reused, so a stale prepared part cannot pass for a new one)."""
-        with self._store.transaction() as tx:
-            return tx.allocate(max(n, 1))
+        """max(n, 1) fresh internal ids, the candidates of one sharded write; the first is the
+        write's token. Taken from a block allocated durably (RESERVE_BLOCK at a time, one fsync per
+        block, not per write): never reused, so a stale prepared part cannot pass for a new one; a
+        restart leaves the rest of the block unused (gaps keep the order)."""
+        n = max(n, 1)
+        with self._lock:
+            if self._next + n > self._limit:
+                size = max(n, RESERVE_BLOCK)
+                with self._store.transaction() as tx:
+                    self._next = tx.allocate(size)
+                self._limit = self._next + size
+            start, self._next = self._next, self._next + n
+            return start
 
     def commit(self, name: str, token: int) -> int:
         """THE commit point of a sharded write: its token recorded with the collection's next

@@ -413,6 +413,8 @@ class Coordinator:
                                    + "; ".join(existing.config.differences(config)))
                 return self._info(name), False
             specs = config.specs()
+            if config.shards is not None and self._ray is not None:
+                self._ray.check_room(config.shards)
             with self.store.transaction() as tx:
                 entry = self.catalog.create(tx, name, config, [IndexState(s, "ready") for s in specs])
             if config.shards is None:
@@ -597,8 +599,10 @@ class Coordinator:
     def upsert(self, name: str, ids: Sequence[Ext], X: F32, payloads: Sequence[str | None] | None = None,
                *, wait: bool = True) -> WriteResult:
         """Insert or replace points; `X` float32 (n, dim), already checked; ids unique; payloads as JSON."""
-        _, member = self._ready(name)
+        entry, member = self._ready(name)
         if member.remote:
+            if X.shape != (len(ids), entry.config.dim):  # checked before anything is prepared
+                raise InvalidInput("vectors", f"expected shape ({len(ids)}, {entry.config.dim}), got {X.shape}")
             return self._sharded(name, member, len(ids), wait, lambda j, rows, cand: (
                 "upsert", ([ids[r] for r in rows], X[rows], None if payloads is None else [payloads[r] for r in rows],
                            cand[rows])), ids)

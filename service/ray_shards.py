@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import LogitsearchError, StorageError
+from core.errors import InvalidInput, LogitsearchError, StorageError
 from indexes.knn import IndexSpec
 from service import filters
 from service.catalog import CollectionConfig, IndexState, IndexStatus
@@ -311,6 +311,8 @@ class ShardActor:
             if key in self._states:
                 self._states[key] = IndexState(spec, status, error)
                 self._save_states()
+            elif status == "ready":  # dropped while it was building
+                self.shard.drop_index(key)
             self._built.setdefault(key, threading.Event()).set()
 
     def build(self, spec: IndexSpec) -> None:
@@ -506,6 +508,17 @@ class RayShards:
         import ray
 
         return sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")})
+
+    def check_room(self, shards: int) -> None:
+        """InvalidInput("shards") when the cluster has not the CPUs for `shards` more actors (they
+        would wait for a CPU forever)."""
+        import ray
+
+        free = float(ray.available_resources().get("CPU", 0.0))
+        if shards * self.shard_cpus > free + 1e-9:
+            raise InvalidInput("shards", f"{shards} shards x {self.shard_cpus:g} CPU (LOGITSEARCH_RAY_SHARD_CPUS) "
+                                         f"need {shards * self.shard_cpus:g} CPUs; the Ray cluster has {free:g} "
+                                         "free: lower the setting, use fewer shards or add nodes")
 
     def here(self) -> str:
         import ray

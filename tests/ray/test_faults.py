@@ -120,7 +120,7 @@ def test_eight_writers_and_eight_readers_on_three_shards_issue_13(ray_local, tmp
             gen = np.random.default_rng(100 + w)
             model = models[w]
             b = 0
-            while not stop.is_set() and b < 8:
+            while not stop.is_set() and b < 6:
                 ids = [f"w{w}-{(b * 7 + i) % 60}" for i in range(6)]  # revisits ids: updates
                 X = gen.normal(size=(6, DIM))
                 r = client.put(f"{C}/cc/points", json={"ids": ids, "vectors": X.tolist()})

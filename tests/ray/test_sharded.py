@@ -314,3 +314,11 @@ def test_a_bulk_ingest_streams_to_the_shards_under_one_commit_issue_13(served, r
     for ra, rb in zip(a, b):
         _same(ra, rb)
     assert [r["hits"][0]["id"] for r in b] == [7, 32_774, 32_775, 40_006]
+
+
+def test_more_shards_than_the_cluster_has_cpus_for_is_refused_naming_the_setting_issue_13(served):
+    client = served[0]
+    r = client.put(f"{C}/huge", json={"dim": 4, "shards": 200})  # 200 x 0.1 CPU on a 2-CPU Ray
+    assert r.status_code == 422 and "LOGITSEARCH_RAY_SHARD_CPUS" in r.json()["detail"], r.text
+    assert r.json()["errors"][0]["field"] == "shards"
+    assert client.get(f"{C}/huge").status_code == 404
