@@ -667,6 +667,7 @@ class Coordinator:
         owned = route(ids, n) if ids is not None else [[] for _ in range(n)]
         touched = [j for j in range(n) if ids is None or owned[j]]
         with member.lock:
+            self._heal_locked(name, member)  # a write that failed since our lookup goes first
             token = self.catalog.reserve(rows)
             cand = np.arange(token, token + max(rows, 1), dtype=np.int64)
             try:
@@ -687,6 +688,7 @@ class Coordinator:
         seen: set[Ext] = set()
         parts = [0] * n_shards
         with member.lock:
+            self._heal_locked(name, member)
             token: int | None = None
             try:
                 for X, exts, pay, n in _bulk_rows(chunks, ids, payloads):
@@ -788,11 +790,14 @@ class Coordinator:
     def _heal(self, name: str, member: _Member) -> None:
         """Publish the prepared writes the catalog committed and drop the others, on every shard
         (after a crash or a failed write); 503 while a shard is still down."""
+        with member.lock:
+            self._heal_locked(name, member)
+
+    def _heal_locked(self, name: str, member: _Member) -> None:
+        """`_heal` with the collection's write lock held."""
         from service.ray_shards import gather
 
-        with member.lock:
-            if not member.suspect:
-                return
+        if member.suspect:
             entry = self.catalog.get(name)
             held = gather([(s, s.submit("prepared_tokens")) for s in member.shards])
             gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)]))
