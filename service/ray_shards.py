@@ -35,8 +35,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core.errors import InvalidInput, LogitsearchError, StorageError
 from indexes.knn import IndexSpec
 from service import filters
@@ -556,12 +554,3 @@ class RayShards:
             out.append(RemoteShard(handle, label, j))
         return out
 
-
-def committed_tokens(shard: RemoteShard, is_committed: Any) -> list[int]:
-    """The tokens prepared on `shard` that the catalog has committed."""
-    return [t for t in shard._call("prepared_tokens") if is_committed(t)]
-
-
-def positions(iids: np.ndarray, owners: np.ndarray, shards: int) -> list[np.ndarray]:
-    """For each shard, the positions of `iids` it owns (`owners`: the owning shard of each)."""
-    return [np.flatnonzero(owners == j) for j in range(shards)]
