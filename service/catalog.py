@@ -9,6 +9,7 @@ only then made in memory, so a failed write leaves both as they were.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ IndexStatus = Literal["building", "ready", "failed"]
 
 DEFAULT_METRICS = ("euc", "cos", "tri")
 DEFAULT_TEMPERATURES = (10.0,)
+#: most shards one collection may have (issue 13)
+MAX_SHARDS = 256
+#: internal ids reserved durably at once for sharded writes
+RESERVE_BLOCK = 65536
 
 
 def check_name(name: str) -> None:
@@ -51,11 +56,13 @@ class CollectionConfig:
     params: dict[str, int]
     #: payload keys indexed for filters (service/filters.py), sorted
     payload_index: tuple[str, ...] = ()
+    #: None: one shard in the server's process (the default); n: n Ray actors (issue 13), fixed at create
+    shards: int | None = None
 
     @classmethod
     def create(cls, dim: Any, metrics: Sequence[str] | None = None, temperatures: Sequence[Any] | None = None,
                kind: str = "flat", params: dict[str, Any] | None = None,
-               payload_index: Sequence[str] | None = None) -> CollectionConfig:
+               payload_index: Sequence[str] | None = None, shards: Any = None) -> CollectionConfig:
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536:
             raise InvalidInput("dim", f"must be a whole number in [1, 65536], got {dim!r}")
         chosen = DEFAULT_METRICS if metrics is None else tuple(metrics)
@@ -74,7 +81,10 @@ class CollectionConfig:
         # IndexSpec fills and checks the parameters of the kind (InvalidInput "params.M" etc.)
         probe = IndexSpec(ms[0], ts[0] if ms[0] in TEMPERED else None, kind, dict(params or {}))  # type: ignore[arg-type]
         keys = tuple(sorted({filters.check_key(k, f"payload_index.{i}") for i, k in enumerate(payload_index or ())}))
-        return cls(dim, ms, ts, probe.kind, dict(probe.params), keys)
+        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)
+                                   or not 1 <= shards <= MAX_SHARDS):
+            raise InvalidInput("shards", f"must be a whole number in [1, {MAX_SHARDS}], got {shards!r}")
+        return cls(dim, ms, ts, probe.kind, dict(probe.params), keys, shards)
 
     def specs(self) -> list[IndexSpec]:
         out = []
@@ -84,17 +94,22 @@ class CollectionConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dim": self.dim, "metrics": list(self.metrics), "temperatures": list(self.temperatures),
-                "index": {"kind": self.kind, "params": dict(self.params)}, "payload_index": list(self.payload_index)}
+        out: dict[str, Any] = {"dim": self.dim, "metrics": list(self.metrics), "temperatures": list(self.temperatures),
+                               "index": {"kind": self.kind, "params": dict(self.params)},
+                               "payload_index": list(self.payload_index)}
+        if self.shards is not None:
+            out["shards"] = self.shards
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CollectionConfig:
         return cls.create(d["dim"], d["metrics"], d["temperatures"] or None, d["index"]["kind"],
-                          d["index"]["params"], d.get("payload_index"))
+                          d["index"]["params"], d.get("payload_index"), d.get("shards"))
 
     def differences(self, other: CollectionConfig) -> list[str]:
         mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{k}: {theirs[k]} (existing: {mine[k]})" for k in mine if mine[k] != theirs[k]]
+        return [f"{k}: {theirs.get(k)} (existing: {mine.get(k)})" for k in {**mine, **theirs}
+                if mine.get(k) != theirs.get(k)]
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,7 @@ class Catalog:
         self._store = store
         self._entries: dict[str, Entry] = {}
         self._lock = threading.RLock()
+        self._next = self._limit = 0  # the reserved block of internal ids (sharded writes)
 
     def load(self) -> list[Entry]:
         """Read every collection from SQLite (at start); the entries in creation order."""
@@ -240,3 +256,80 @@ class Catalog:
         with self._store.transaction() as tx:
             tx.set_indexes(e.cid, [s.to_dict() for s in indexes])
         self._entries[e.name] = dataclasses.replace(e, indexes=indexes)
+
+    # --- writes that span a sharded collection's shards (issue 13) ------------------------------
+
+    def open_commits(self) -> None:
+        """Create the table of sharded writes' commit records (with Ray only: without it the
+        catalog's SQLite stays as it was)."""
+        with self._store.transaction() as tx:
+            _sql(tx).execute(_COMMITS)
+            _sql(tx).execute(_PLACEMENT)
+
+    def reserve(self, n: int) -> int:
+        """max(n, 1) fresh internal ids, the candidates of one sharded write; the first is the
+        write's token. Taken from a block allocated durably (RESERVE_BLOCK at a time, one fsync per
+        block, not per write): never reused, so a stale prepared part cannot pass for a new one; a
+        restart leaves the rest of the block unused (gaps keep the order)."""
+        n = max(n, 1)
+        with self._lock:
+            if self._next + n > self._limit:
+                size = max(n, RESERVE_BLOCK)
+                with self._store.transaction() as tx:
+                    self._next = tx.allocate(size)
+                self._limit = self._next + size
+            start, self._next = self._next, self._next + n
+            return start
+
+    def commit(self, name: str, token: int) -> int:
+        """THE commit point of a sharded write: its token recorded with the collection's next
+        operation id, in one transaction. The operation id."""
+        with self._lock:
+            e = self.get(name)
+            with self._store.transaction() as tx:
+                seq = tx.next_seq(e.cid)
+                _sql(tx).execute("INSERT INTO shard_commits (cid, token, seq) VALUES (?, ?, ?)", (e.cid, token, seq))
+            self._entries[name] = dataclasses.replace(e, last_seq=seq)
+            return seq
+
+    def set_placement(self, cid: int, nodes: Sequence[str]) -> None:
+        """The node (its address) that holds each shard's files, recorded at create."""
+        with self._store.transaction() as tx:
+            _sql(tx).executemany("INSERT OR REPLACE INTO shard_nodes (cid, shard, node) VALUES (?, ?, ?)",
+                                 [(cid, j, node) for j, node in enumerate(nodes)])
+
+    def placement(self, cid: int) -> list[str]:
+        with self._store.transaction() as tx:
+            rows = _sql(tx).execute("SELECT node FROM shard_nodes WHERE cid = ? ORDER BY shard", (cid,)).fetchall()
+        return [r[0] for r in rows]
+
+    def forget_sharded(self, cid: int) -> None:
+        """A sharded collection was dropped: its placement and commit records go too."""
+        with self._store.transaction() as tx:
+            _sql(tx).execute("DELETE FROM shard_nodes WHERE cid = ?", (cid,))
+            _sql(tx).execute("DELETE FROM shard_commits WHERE cid = ?", (cid,))
+
+    def is_committed(self, cid: int, token: int) -> bool:
+        with self._store.transaction() as tx:
+            row = _sql(tx).execute("SELECT 1 FROM shard_commits WHERE cid = ? AND token = ?", (cid, token)).fetchone()
+        return row is not None
+
+    def forget_commits(self, cid: int, below: int | None = None) -> None:
+        """Drop commit records every shard has published (all of them, or those with token < `below`)."""
+        with self._store.transaction() as tx:
+            _sql(tx).execute("DELETE FROM shard_commits WHERE cid = ? AND token < ?", (cid, below if below is not None
+                                                                                       else 2**62))
+
+
+_PLACEMENT = """CREATE TABLE IF NOT EXISTS shard_nodes (
+    cid INTEGER NOT NULL, shard INTEGER NOT NULL, node TEXT NOT NULL, PRIMARY KEY (cid, shard)) WITHOUT ROWID"""
+_COMMITS = """CREATE TABLE IF NOT EXISTS shard_commits (
+    cid INTEGER NOT NULL, token INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (cid, token)) WITHOUT ROWID"""
+
+
+def _sql(tx: Transaction) -> sqlite3.Connection:
+    """The connection of `tx`: the commit records of sharded writes live beside the collections,
+    written in the same transaction as the collection's operation id (service/store.py keeps no
+    table for them)."""
+    conn: sqlite3.Connection = tx._c
+    return conn

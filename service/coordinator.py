@@ -4,8 +4,10 @@ the collection's shard, merges the shards' answers and hydrates only the winners
 Parts (README "Architecture"): the catalog (service/catalog.py) owns the collections, their
 configs, desired indexes and committed write sequence; each collection shard (service/shard.py)
 owns its points, indexes, applier, snapshots and id map; this module owns neither, and asks them.
-Each collection has one shard today (`Coordinator` keeps a list per collection so that search fans
-out and merges already; writes go to the one shard until issue 13 routes them by id).
+A collection has one in-process shard (the default), or `shards: n` Ray actors (issue 13,
+service/ray_shards.py): writes are routed by a hash of each id and go in two phases (prepare on
+every touched shard, commit in the catalog, publish), reads fan out to every shard in parallel and
+merge, and any shard that does not answer makes the request a 503 naming it, never a partial answer.
 
 Writes to a collection are serialised here, by its write lock, held across the shard's commit and
 the catalog's record of it: the catalog's sequence and the shard's state move together.
@@ -26,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +50,9 @@ from service.shard import (
     WriteResult,
 )
 from service.store import Ext, Store, Transaction
+
+if TYPE_CHECKING:
+    from service.ray_shards import RayShards
 
 log = logging.getLogger("logitsearch.coordinator")
 
@@ -192,13 +197,29 @@ def merge_hits(parts: Sequence[Hits], k: int) -> Hits:
 class _Member:
     """A collection's shards and the lock that serialises its writes."""
 
-    shards: list[CollectionShard]
+    shards: list[Any]  # CollectionShard, or RemoteShard (the same interface) when `remote`
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the shards are Ray actors (issue 13)
+    remote: bool = False
+    #: a sharded write failed midway: the next request first resolves what it left prepared
+    suspect: bool = False
+    #: why the collection cannot be served at all (sharded, but this server has no Ray)
+    down: str | None = None
+    #: sharded writes since commit records were last pruned
+    writes: int = 0
 
     @property
     def shard(self) -> CollectionShard:
-        """The shard that takes writes (the only one until issue 13 routes writes by id)."""
-        return self.shards[0]
+        """The in-process shard of an unsharded collection."""
+        return self.shards[0]  # type: ignore[no-any-return]
+
+    def owner(self, ext: Ext) -> Any:
+        """The shard that holds `ext`."""
+        if not self.remote:
+            return self.shards[0]
+        from service.ray_shards import shard_of
+
+        return self.shards[shard_of(ext, len(self.shards))]
 
 
 # --- the coordinator -------------------------------------------------------------------------------
@@ -219,6 +240,7 @@ class Coordinator:
         self._search_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
         self._loader: threading.Thread | None = None
         self._closed = False
+        self._ray: RayShards | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -226,14 +248,35 @@ class Coordinator:
         """Open SQLite and load every collection (in a background thread unless told otherwise)."""
         self.store.open()
         entries = self.catalog.load()
+        if self.settings.ray_address:
+            from service.ray_shards import RayShards
+
+            self._ray = RayShards(self.settings.ray_address, self.data_dir, self.settings.snapshot_every,
+                                  self.settings.ray_shard_cpus)
+            self._ray.connect()
+            self.catalog.open_commits()
         for e in entries:
-            self._members[e.name] = _Member([self._new_shard(e)])
+            self._members[e.name] = self._open_member(e)
         self._remove_orphan_snapshots({e.cid for e in entries})
         if background:
             self._loader = threading.Thread(target=self._load_all, args=(entries,), name="loader", daemon=True)
             self._loader.start()
         else:
             self._load_all(entries)
+
+    def _open_member(self, e: Entry) -> _Member:
+        if e.config.shards is None:
+            return _Member([self._new_shard(e)])
+        if self._ray is None:
+            return _Member([], remote=True, down=f"collection {e.name!r} has {e.config.shards} shards on Ray: "
+                                                  "set LOGITSEARCH_RAY_ADDRESS to serve it")
+        placement = self.catalog.placement(e.cid) or [self._ray.here()] * e.config.shards
+        try:
+            shards = self._ray.shards(e.name, e.cid, e.config, placement)
+        except StorageError as exc:
+            return _Member([], remote=True, down=str(exc))
+        # the last run may have stopped between a prepare and a publish: resolved before any request
+        return _Member(shards, remote=True, suspect=True)
 
     def close(self) -> None:
         """Finish queued index writes, snapshot what changed since the last snapshot, close SQLite."""
@@ -247,8 +290,35 @@ class Coordinator:
         self.store.close()
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        states = {name: m.shard.status().state for name, m in self._members.items()}
-        return all(s != "loading" for s in states.values()), states
+        """(ready, collection -> state); a sharded collection is `unavailable` while a shard is down."""
+        ready, states, _ = self.readiness_of_shards()
+        return ready, states
+
+    def readiness_of_shards(self) -> tuple[bool, dict[str, str], dict[str, str]]:
+        """`readiness` and `shard_states`, asked once."""
+        shards = self.shard_states()
+        states: dict[str, str] = {}
+        for name, m in list(self._members.items()):
+            if not m.remote:
+                states[name] = m.shard.status().state
+            else:
+                mine = [shards.get(f"{name}/shard-{j}", "unavailable") for j in range(max(1, len(m.shards)))]
+                states[name] = next((st for st in mine if st != "ready"), "ready")
+        return all(s not in ("loading", "unavailable") for s in states.values()), states, shards
+
+    def shard_states(self) -> dict[str, str]:
+        """`collection/shard-j` -> state of each Ray shard (`unavailable` while its actor is down)."""
+        out: dict[str, str] = {}
+        for name, m in list(self._members.items()):
+            if not m.remote:
+                continue
+            refs = [(s, s.submit("call", "status")) for s in m.shards]
+            for s, ref in refs:
+                try:
+                    out[s.label] = s.result(ref, 5.0).state
+                except StorageError:
+                    out[s.label] = "unavailable"
+        return out
 
     def snapshot_all(self) -> None:
         """Snapshot every ready collection now (tests, and before a planned restart)."""
@@ -263,7 +333,7 @@ class Coordinator:
         name = entry.name
 
         def on_index(key: str, spec: IndexSpec, status: IndexStatus, error: str | None) -> None:
-            self._index_built(name, shard, key, spec, status, error)
+            self._index_built(name, [shard], key, spec, status, error)
 
         shard = CollectionShard(entry.cid, name, entry.config, self.store, self._shard_dir(entry.cid),
                                 snapshot_every=self.settings.snapshot_every, on_index=on_index,
@@ -272,16 +342,31 @@ class Coordinator:
 
     def _remove_orphan_snapshots(self, cids: set[int]) -> None:
         root = self.data_dir / "indexes"
-        if not root.is_dir():
-            return
-        for path in root.iterdir():
-            if path.name.startswith("c") and path.name[1:].isdigit() and int(path.name[1:]) not in cids:
-                shutil.rmtree(path, ignore_errors=True)
+        if root.is_dir():
+            for path in root.iterdir():
+                if path.name.startswith("c") and path.name[1:].isdigit() and int(path.name[1:]) not in cids:
+                    shutil.rmtree(path, ignore_errors=True)
+        shards = self.data_dir / "shards"  # c<cid>-s<j>: a sharded collection's files on this node
+        if shards.is_dir() and self._ray is not None:
+            for path in shards.iterdir():
+                head = path.name.split("-")[0]
+                if head.startswith("c") and head[1:].isdigit() and int(head[1:]) not in cids:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def _load_all(self, entries: list[Entry], preloaded: dict[int, IndexSet] | None = None) -> None:
         for e in entries:
             member = self._members.get(e.name)
             if member is None or self._closed:
+                continue
+            if member.remote:  # each actor loads itself; resolve what the last run left prepared
+                if member.down is None:
+                    try:
+                        self._heal(e.name, member)
+                    except StorageError as exc:
+                        log.warning("a shard is not back yet; its writes resolve at the next request",
+                                    extra={"fields": {"collection": e.name, "reason": str(exc)}})
+                    for spec in e.specs("building"):
+                        self._build_sharded(e.name, member, spec)
                 continue
             for shard in member.shards:
                 shard.load(e.specs("ready"), e.specs("building"), e.last_seq, (preloaded or {}).get(e.cid))
@@ -293,6 +378,10 @@ class Coordinator:
         entry = self.catalog.find(name)
         if member is None or entry is None:
             raise NotFound(f"collection {name!r} not found")
+        if member.down is not None:
+            raise StorageError(member.down)
+        if member.suspect:
+            self._heal(name, member)
         if not all(s.wait_loaded(LOAD_WAIT) for s in member.shards):
             raise StorageError(f"collection {name!r} is still loading; retry shortly")
         return entry, member
@@ -308,6 +397,11 @@ class Coordinator:
     def create_collection(self, name: str, config: CollectionConfig) -> tuple[CollectionInfo, bool]:
         """Create `name`; (info, False) when it exists with the same config, Conflict for another one."""
         check_name(name)
+        if config.shards is not None and self._ray is None:
+            if config.shards > 1:
+                raise InvalidInput("shards", f"{config.shards} shards need Ray: set LOGITSEARCH_RAY_ADDRESS "
+                                             "(`local`, or a Ray cluster's address)")
+            config = dataclasses.replace(config, shards=None)  # one shard without Ray: today's collection
         with self.catalog.lock:
             existing = self.catalog.find(name)
             if existing is not None:
@@ -319,13 +413,39 @@ class Coordinator:
                                    + "; ".join(existing.config.differences(config)))
                 return self._info(name), False
             specs = config.specs()
+            if config.shards is not None and self._ray is not None:
+                self._ray.check_room(config.shards)
             with self.store.transaction() as tx:
                 entry = self.catalog.create(tx, name, config, [IndexState(s, "ready") for s in specs])
-            shard = self._new_shard(entry)
-            shard.start_empty(specs)
-            self._members[name] = _Member([shard])
+            if config.shards is None:
+                shard = self._new_shard(entry)
+                shard.start_empty(specs)
+                self._members[name] = _Member([shard])
+            else:
+                self._members[name] = self._create_sharded(entry)
             self.catalog.publish(entry)
             return self._info(name), True
+
+    def _create_sharded(self, entry: Entry) -> _Member:
+        """The actors of a new sharded collection, each on a node (round robin over the cluster's),
+        recorded in the catalog; answers once every actor has started."""
+        from service.ray_shards import gather
+
+        if self._ray is None or entry.config.shards is None:
+            raise StorageError("a sharded collection needs Ray")
+        nodes = self._ray.nodes()
+        placement = [nodes[j % len(nodes)] for j in range(entry.config.shards)]
+        self.catalog.set_placement(entry.cid, placement)
+        shards = self._ray.shards(entry.name, entry.cid, entry.config, placement)
+        try:
+            gather([(s, s.submit("ping")) for s in shards])
+        except BaseException:
+            with self.store.transaction() as tx:
+                tx.drop_collection(entry.cid)
+            for s in shards:
+                s.kill()
+            raise
+        return _Member(shards, remote=True)
 
     def list_collections(self) -> list[CollectionInfo]:
         out = []
@@ -347,6 +467,8 @@ class Coordinator:
                 tx.drop_collection(entry.cid)
             self._members.pop(name, None)
             self.catalog.remove(name)
+            if member.remote and self._ray is not None:
+                self.catalog.forget_sharded(entry.cid)
         for shard in member.shards:
             shard.drop()
 
@@ -354,7 +476,14 @@ class Coordinator:
         entry, member = self.catalog.get(name), self._members.get(name)
         if member is None:
             raise NotFound(f"collection {name!r} not found")
-        statuses = [s.status() for s in member.shards]
+        if member.down is not None:
+            raise StorageError(member.down)
+        if member.remote:
+            from service.ray_shards import STATUS_TIMEOUT, gather
+
+            statuses = gather([(s, s.submit("call", "status")) for s in member.shards], STATUS_TIMEOUT)
+        else:
+            statuses = [s.status() for s in member.shards]
         vectors: dict[str, int] = {}
         progress: dict[str, float] = {}
         for st in statuses:
@@ -382,7 +511,7 @@ class Coordinator:
         for name in list(self._members):
             try:
                 info = self._info(name)
-            except NotFound:  # dropped meanwhile
+            except (NotFound, StorageError):  # dropped meanwhile, or a shard is down
                 continue
             yield info.name, info.count, [(i.key, i.vectors) for i in info.indexes if i.status == "ready"]
 
@@ -403,14 +532,46 @@ class Coordinator:
                                    f"delete it first to build it with {dict(spec.params)}")
                 return self._index_info(name, spec.key), False
             self.catalog.set_index(name, IndexState(spec, "building"))
-            for shard in member.shards:
-                shard.build(spec)
+            if member.remote:
+                self._build_sharded(name, member, spec)
+            else:
+                for shard in member.shards:
+                    shard.build(spec)
         return self._index_info(name, spec.key), True
+
+    def _build_sharded(self, name: str, member: _Member, spec: IndexSpec) -> None:
+        """Every shard builds `spec` (resumed from its own files if Ray restarts it); the index is
+        ready once all are, failed if one fails."""
+        def run() -> None:
+            ended: dict[int, tuple[str, str | None]] = {}
+            told: set[int] = set()
+            while len(ended) < len(member.shards):
+                if self._closed or self._members.get(name) is not member:
+                    return
+                for s in member.shards:
+                    if s.index in ended:
+                        continue
+                    try:
+                        if s.index not in told:
+                            s.build(spec)  # idempotent: a shard building or built already is left alone
+                            told.add(s.index)
+                        got = s.result(s.submit("wait_build", spec.key, 2.0), 30.0)
+                    except StorageError:
+                        time.sleep(0.5)  # restarting: it resumes the build from its own index list
+                        continue
+                    if got is not None:
+                        ended[s.index] = got
+            failed = [(j, e) for j, (st, e) in sorted(ended.items()) if st != "ready"]
+            status: IndexStatus = "failed" if failed else "ready"
+            error = f"shard {failed[0][0]}: {failed[0][1]}" if failed else None
+            self._index_built(name, member.shards, spec.key, spec, status, error)
+
+        threading.Thread(target=run, name=f"build-{name}-{spec.key}", daemon=True).start()
 
     def _index_info(self, name: str, key: str) -> IndexInfo:
         return next(i for i in self._info(name).indexes if i.key == key)
 
-    def _index_built(self, name: str, shard: CollectionShard, key: str, spec: IndexSpec,
+    def _index_built(self, name: str, shards: Sequence[Any], key: str, spec: IndexSpec,
                      status: IndexStatus, error: str | None) -> None:
         """A shard's build ended: record it, unless the index was dropped or replaced meanwhile."""
         try:
@@ -423,7 +584,8 @@ class Coordinator:
             entry = self.catalog.find(name)
             current = entry.index(key) if entry is not None else None
             if current is None or current.spec != spec or current.status != "ready":
-                shard.drop_index(key)
+                for shard in shards:
+                    shard.drop_index(key)
 
     def drop_index(self, name: str, key: str) -> None:
         _, member = self._ready(name)
@@ -437,7 +599,13 @@ class Coordinator:
     def upsert(self, name: str, ids: Sequence[Ext], X: F32, payloads: Sequence[str | None] | None = None,
                *, wait: bool = True) -> WriteResult:
         """Insert or replace points; `X` float32 (n, dim), already checked; ids unique; payloads as JSON."""
-        _, member = self._ready(name)
+        entry, member = self._ready(name)
+        if member.remote:
+            if X.shape != (len(ids), entry.config.dim):  # checked before anything is prepared
+                raise InvalidInput("vectors", f"expected shape ({len(ids)}, {entry.config.dim}), got {X.shape}")
+            return self._sharded(name, member, len(ids), wait, lambda j, rows, cand: (
+                "upsert", ([ids[r] for r in rows], X[rows], None if payloads is None else [payloads[r] for r in rows],
+                           cand[rows])), ids)
         with member.lock:
             result = member.shard.upsert(ids, X, payloads, keep=wait)
             self.catalog.committed(name, result.operation_id)
@@ -449,24 +617,14 @@ class Coordinator:
         already checked; `ids`: one per row, e.g. a range; `payloads`: one JSON text or None per row,
         checked). Nothing is written unless all of it is."""
         _, member = self._ready(name)
+        if member.remote:
+            return self._sharded_bulk(name, member, chunks, ids, wait, payloads)
         shard = member.shard
-        id_iter = iter(ids)
         with member.lock:
             handle = shard.bulk_begin()
-            n = 0
             try:
-                for X in chunks:
-                    exts = list(itertools.islice(id_iter, len(X)))
-                    if len(exts) != len(X):
-                        raise InvalidInput("ids", f"{n + len(exts)} ids for at least {n + len(X)} rows")
-                    if payloads is not None and n + len(X) > len(payloads):
-                        raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
-                    shard.bulk_chunk(handle, exts, X, None if payloads is None else payloads[n:n + len(X)])
-                    n += len(X)
-                if next(id_iter, None) is not None:
-                    raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
-                if payloads is not None and n and len(payloads) != n:
-                    raise InvalidInput("payloads", f"{len(payloads)} payloads for {n} rows")
+                for X, exts, pay, _ in _bulk_rows(chunks, ids, payloads):
+                    shard.bulk_chunk(handle, exts, X, pay)
             except BaseException as exc:
                 shard.bulk_abort(handle, exc)
                 raise
@@ -477,6 +635,9 @@ class Coordinator:
     def delete_points(self, name: str, ids: Sequence[Ext], *, wait: bool = True) -> WriteResult:
         """Delete points; unknown ids are ignored (count says how many existed)."""
         _, member = self._ready(name)
+        if member.remote:
+            return self._sharded(name, member, 0, wait, lambda j, rows, cand: (
+                "delete", ([ids[r] for r in rows],)), ids)
         with member.lock:
             result = member.shard.delete(ids, keep=wait)
             self.catalog.committed(name, result.operation_id)
@@ -486,10 +647,163 @@ class Coordinator:
         """Delete every point `flt` matches when the transaction runs (count: how many)."""
         entry, member = self._ready(name)
         filters.check_declared(flt, entry.config.payload_index, name)
+        if member.remote:
+            return self._sharded(name, member, 0, wait, lambda j, rows, cand: ("delete_matching", (flt,)), None)
         with member.lock:
             result = member.shard.delete_matching(flt, keep=wait)
             self.catalog.committed(name, result.operation_id)
         return self._finish(member.shard, result, wait)
+
+    # --- writes to a sharded collection: prepare, commit, publish (issue 13) --------------------
+
+    def _sharded(self, name: str, member: _Member, rows: int, wait: bool,
+                 part: Callable[[int, list[int], Ids], tuple[str, tuple[Any, ...]]],
+                 ids: Sequence[Ext] | None) -> WriteResult:
+        """One write over the shards: `part(j, positions, candidates)` is shard j's (kind, body) for
+        the positions of `ids` it owns (every shard when `ids` is None)."""
+        from service.ray_shards import route
+
+        n = len(member.shards)
+        owned = route(ids, n) if ids is not None else [[] for _ in range(n)]
+        touched = [j for j in range(n) if ids is None or owned[j]]
+        with member.lock:
+            self._heal_locked(name, member)  # a write that failed since our lookup goes first
+            token = self.catalog.reserve(rows)
+            cand = np.arange(token, token + max(rows, 1), dtype=np.int64)
+            try:
+                self._prepare(member, token, [(j, 0, *part(j, owned[j], cand)) for j in touched])
+            except BaseException:
+                self._abort(member, token, touched)
+                raise
+            seq, count = self._commit(name, member, token, touched)
+        return self._settled(member, seq, token, touched, count, wait)
+
+    def _sharded_bulk(self, name: str, member: _Member, chunks: Iterable[F32], ids: Iterable[Ext], wait: bool,
+                      payloads: Sequence[str | None] | None) -> WriteResult:
+        """A bulk ingest over the shards: each chunk's rows prepared on their shards as they arrive,
+        all of it committed (or none) at the end."""
+        from service.ray_shards import route
+
+        n_shards = len(member.shards)
+        seen: set[Ext] = set()
+        parts = [0] * n_shards
+        with member.lock:
+            self._heal_locked(name, member)
+            token: int | None = None
+            try:
+                for X, exts, pay, n in _bulk_rows(chunks, ids, payloads):
+                    for j, e in enumerate(exts):  # the shards only see their own rows
+                        if e in seen:
+                            raise InvalidInput("ids", f"duplicate id {e!r} (row {n + j}); ids must be unique")
+                        seen.add(e)
+                    start = self.catalog.reserve(len(X))
+                    token = start if token is None else token
+                    cand = np.arange(start, start + len(X), dtype=np.int64)
+                    work = []
+                    for j, rows in enumerate(route(exts, n_shards)):
+                        if rows:
+                            work.append((j, parts[j], "bulk", ([exts[r] for r in rows], X[rows],
+                                                               None if pay is None else [pay[r] for r in rows],
+                                                               cand[rows])))
+                            parts[j] += 1
+                    self._prepare(member, token, work)
+                if token is None:
+                    raise InvalidInput("body", "the matrix has no rows")
+            except BaseException:
+                if token is not None:
+                    self._abort(member, token, [j for j in range(n_shards) if parts[j]])
+                raise
+            touched = [j for j in range(n_shards) if parts[j]]
+            seq, count = self._commit(name, member, token, touched)
+        return self._settled(member, seq, token, touched, count, wait)
+
+    @staticmethod
+    def _prepare(member: _Member, token: int, work: Sequence[tuple[int, int, str, tuple[Any, ...]]]) -> None:
+        from service.ray_shards import gather
+
+        try:
+            gather([(member.shards[j], member.shards[j].submit("prepare", token, part, kind, body))
+                    for j, part, kind, body in work])
+        except StorageError:
+            member.suspect = True  # a shard may hold the part while another failed: resolved next
+            raise
+
+    @staticmethod
+    def _abort(member: _Member, token: int, touched: Sequence[int]) -> None:
+        """Drop write `token`'s prepared parts (a shard that is down drops its part when it is
+        resolved: the catalog never committed it)."""
+        for j in touched:
+            shard = member.shards[j]
+            try:
+                shard.result(shard.submit("abort", token), 10.0)
+            except StorageError:
+                member.suspect = True
+
+    def _commit(self, name: str, member: _Member, token: int, touched: Sequence[int]) -> tuple[int, int]:
+        """Record the commit (THE commit point), then publish on every touched shard, retrying while
+        Ray restarts one. (operation id, points written)."""
+        from service.ray_shards import PUBLISH_WAIT, ShardUnavailable
+
+        try:
+            seq = self.catalog.commit(name, token)
+        except BaseException:
+            self._abort(member, token, touched)
+            raise
+        deadline = time.monotonic() + PUBLISH_WAIT
+        left, count = list(touched), 0
+        while left:
+            calls = [(j, member.shards[j], member.shards[j].submit("publish", token, False)) for j in left]
+            failed: list[int] = []
+            for j, shard, ref in calls:
+                try:
+                    count += shard.result(ref)[0]
+                except ShardUnavailable:
+                    failed.append(j)
+                except StorageError:
+                    member.suspect = True  # committed: published when the shard is resolved
+                    raise
+            if failed and time.monotonic() > deadline:
+                member.suspect = True
+                raise ShardUnavailable(member.shards[failed[0]].label, "the write is committed and is published "
+                                       "when the shard is back")
+            left = failed
+            if left:
+                time.sleep(0.25)
+        member.writes += 1
+        if member.writes % 256 == 0:  # every write before this one is published on every shard
+            entry = self.catalog.get(name)
+            self.catalog.forget_commits(entry.cid, below=token)
+        return seq, count
+
+    @staticmethod
+    def _settled(member: _Member, seq: int, token: int, touched: Sequence[int], count: int,
+                 wait: bool) -> WriteResult:
+        """The write's result; with `wait`, once each touched shard has applied it (outside the lock)."""
+        if not wait:
+            return WriteResult(seq, "acknowledged", count)
+        from service.ray_shards import gather
+
+        outs = gather([(member.shards[j], member.shards[j].submit("publish", token, True)) for j in touched])
+        status = "rebuilding" if any(st == "rebuilding" for _, st in outs) else "completed"
+        return WriteResult(seq, status, count)  # type: ignore[arg-type]
+
+    def _heal(self, name: str, member: _Member) -> None:
+        """Publish the prepared writes the catalog committed and drop the others, on every shard
+        (after a crash or a failed write); 503 while a shard is still down."""
+        with member.lock:
+            self._heal_locked(name, member)
+
+    def _heal_locked(self, name: str, member: _Member) -> None:
+        """`_heal` with the collection's write lock held."""
+        from service.ray_shards import gather
+
+        if member.suspect:
+            entry = self.catalog.get(name)
+            held = gather([(s, s.submit("prepared_tokens")) for s in member.shards])
+            gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)]))
+                    for s, tokens in zip(member.shards, held)])
+            self.catalog.forget_commits(entry.cid)
+            member.suspect = False
 
     @staticmethod
     def _finish(shard: CollectionShard, result: WriteResult, wait: bool) -> WriteResult:
@@ -510,7 +824,8 @@ class Coordinator:
             new = tuple(sorted(set(wanted) - set(config.payload_index)))
             if new:
                 config = dataclasses.replace(config, payload_index=tuple(sorted({*config.payload_index, *new})))
-                member.shard.index_payloads(config, new)
+                for shard in member.shards:
+                    shard.index_payloads(config, new)
                 self.catalog.set_config(name, config)
             return config.payload_index
 
@@ -523,14 +838,23 @@ class Coordinator:
                 raise NotFound(f"payload key {key!r} is not indexed in collection {name!r}; "
                                f"indexed: {list(config.payload_index)}")
             config = dataclasses.replace(config, payload_index=tuple(k for k in config.payload_index if k != key))
-            member.shard.unindex_payloads(config, key)
+            for shard in member.shards:
+                shard.unindex_payloads(config, key)
             self.catalog.set_config(name, config)
             return config.payload_index
 
     def select(self, name: str, flt: filters.Filter) -> Selection:
         """The searchable points `flt` matches now (for `count` and `evaluate_data`)."""
         _, member = self._ready(name)
-        return Selection(np.concatenate([s.select(flt) for s in member.shards]))
+        return Selection(np.sort(np.concatenate(self._each(member, "select", flt))))
+
+    def _each(self, member: _Member, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """`method(*args)` of every shard of the collection (Ray shards in parallel), in shard order."""
+        if not member.remote:
+            return [getattr(s, method)(*args, **kwargs) for s in member.shards]
+        from service.ray_shards import gather
+
+        return gather([(s, s.submit("call", method, *args, **kwargs)) for s in member.shards])
 
     # --- collection snapshots to take away (service/snapshots.py owns the archive) ----------------
 
@@ -540,6 +864,9 @@ class Coordinator:
         committed write has been applied to its indexes. `iset` is None (with the reason) when the
         indexes are not those of the committed state (rebuilding, or an index still building)."""
         _, member = self._member(name)
+        if member.remote:
+            raise Conflict(f"collection {name!r} is sharded: snapshots of sharded collections are not "
+                           "supported yet (issue 13)")
         with member.lock:
             entry = self.catalog.get(name)
             building = sorted(s.spec.key for s in entry.indexes if s.status == "building")
@@ -556,7 +883,12 @@ class Coordinator:
         (None, or a failure: the indexes are rebuilt from SQLite), and the collection loads as at a
         start."""
         check_name(name)
+        if config.shards is not None:
+            raise Conflict(f"collection {name!r}: a snapshot of a sharded collection cannot be restored yet "
+                           "(issue 13)")
         old = self._members.get(name)
+        if old is not None and old.remote:
+            raise Conflict(f"collection {name!r} is sharded: restore into a new collection")
         if old is not None and not all(s.wait_loaded(LOAD_WAIT) for s in old.shards):
             raise StorageError(f"collection {name!r} is still loading; retry shortly")
         # the collection's lock before the catalog's, as delete_collection takes them
@@ -603,26 +935,53 @@ class Coordinator:
         """The stored points for `ids` in order, None where an id is unknown (read from SQLite: a
         committed write is visible here even before its index apply)."""
         _, member = self._member(name)
-        return member.shard.get_points(ids, with_vector=with_vector, with_payload=with_payload)
+        if not member.remote:
+            return member.shard.get_points(ids, with_vector=with_vector, with_payload=with_payload)
+        return self._by_owner(member, ids, "get_points", with_vector=with_vector, with_payload=with_payload)
+
+    @staticmethod
+    def _by_owner(member: _Member, ids: Sequence[Ext], method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """`method(ids_j, *args)` on each shard j for the ids it owns, answers back in the order of `ids`."""
+        from service.ray_shards import gather, route
+
+        owned = route(ids, len(member.shards))
+        calls = [(member.shards[j], member.shards[j].submit("call", method, [ids[r] for r in rows], *args, **kwargs))
+                 for j, rows in enumerate(owned) if rows]
+        out: list[Any] = [None] * len(ids)
+        for rows, got in zip([r for r in owned if r], gather(calls)):
+            for r, v in zip(rows, got):
+                out[r] = v
+        return out
 
     def scroll(self, name: str, offset: int | None, limit: int, *, with_vector: bool = False,
                with_payload: bool = True, filter: filters.Filter | None = None) -> tuple[list[Point], int | None]:
         """Up to `limit` points from cursor `offset` (None: the start) and the next cursor (None: done);
         with `filter`, the points it matches."""
         _, member = self._member(name)
-        return member.shard.scroll(offset or 0, limit, with_vector=with_vector, with_payload=with_payload,
-                                   flt=filter)
+        if not member.remote:
+            return member.shard.scroll(offset or 0, limit, with_vector=with_vector, with_payload=with_payload,
+                                       flt=filter)
+        from service.ray_shards import gather
+
+        pages = gather([(s, s.submit("scroll", offset or 0, limit, with_vector, with_payload, filter))
+                        for s in member.shards])
+        merged = sorted(((iid, p) for points, iids in pages for p, iid in zip(points, iids)), key=lambda t: t[0])
+        nxt = merged[limit][0] if len(merged) > limit else None
+        return [p for _, p in merged[:limit]], nxt
 
     def vector(self, name: str, ext: Ext) -> F32:
         """The indexed float32 vector of one point; NotFound if absent."""
         _, member = self._ready(name)
-        return member.shard.query_vector(ext)[1]
+        vector: F32 = member.owner(ext).query_vector(ext)[1]
+        return vector
 
     def payload_values(self, name: str, ids: Sequence[Ext], key: str) -> list[Any]:
         """The value of payload field `key` of each point of `ids`, None where the point, its payload or
         the field is missing (read from SQLite): the labels of an evaluation (issue 14)."""
         _, member = self._member(name)
-        return member.shard.payload_values(ids, key)
+        if not member.remote:
+            return member.shard.payload_values(ids, key)
+        return self._by_owner(member, ids, "payload_values", key)
 
     def evaluate_data(self, name: str, sample: int, seed: int,
                       selection: Selection | None = None) -> tuple[list[Ext], F32]:
@@ -630,6 +989,8 @@ class Coordinator:
         in insertion order: their ids and float32 rows; drawn from `selection` when given. Every write
         committed before the call is in the population."""
         _, member = self._ready(name)
+        if member.remote:
+            return self._sharded_sample(name, member, sample, seed, selection)
         shard = member.shard
         for attempt in range(3):
             ids = shard.indexed_ids()
@@ -643,6 +1004,43 @@ class Coordinator:
                 if attempt == 2:
                     raise
                 continue
+            if None not in exts:
+                return exts, X  # type: ignore[return-value]
+        raise StorageError(f"collection {name!r} changed under the sample three times; retry")
+
+    def _sharded_sample(self, name: str, member: _Member, sample: int, seed: int,
+                        selection: Selection | None) -> tuple[list[Ext], F32]:
+        """`evaluate_data` over the shards: the sample drawn here from the merged, sorted internal
+        ids (the same positions, so the same points, as an unsharded collection with the same seed),
+        the rows fetched from their owners."""
+        from service.ray_shards import gather
+
+        for attempt in range(3):
+            held = self._each(member, "indexed_ids")
+            ids = np.concatenate(held)
+            owners = np.concatenate([np.full(len(h), j, dtype=np.int64) for j, h in enumerate(held)])
+            order = np.argsort(ids, kind="stable")
+            ids, owners = ids[order], owners[order]
+            if selection is not None:
+                keep = np.isin(ids, selection.iids)
+                ids, owners = ids[keep], owners[keep]
+            if sample < ids.size:
+                pick = np.sort(np.random.default_rng(seed).choice(ids.size, size=sample, replace=False))
+                ids, owners = ids[pick], owners[pick]
+            where = [np.flatnonzero(owners == j) for j in range(len(member.shards))]
+            try:
+                got = gather([(member.shards[j], member.shards[j].submit("call", "rows", ids[w]))
+                              for j, w in enumerate(where) if w.size])
+            except NotFound:  # a delete landed between the two reads: draw again
+                if attempt == 2:
+                    raise
+                continue
+            exts: list[Ext | None] = [None] * ids.size
+            X = np.empty((ids.size, self.dim(name)), dtype=np.float32)
+            for w, (e, rows) in zip([w for w in where if w.size], got):
+                X[w] = rows
+                for r, ext in zip(w.tolist(), e):
+                    exts[r] = ext
             if None not in exts:
                 return exts, X  # type: ignore[return-value]
         raise StorageError(f"collection {name!r} changed under the sample three times; retry")
@@ -664,23 +1062,37 @@ class Coordinator:
             keys.setdefault((spec.key, q.k, q.exact, q.filter), []).append(i)
         members = list(keys.values())
         flts = {q.filter for q in queries if q.filter is not None}
+        def groups(allowed: dict[filters.Filter, Ids]) -> list[SearchGroup]:
+            return [SearchGroup(plans[ms[0]][0], np.stack([plans[i][1] for i in ms]), k, exact,
+                                [plans[i][2] for i in ms], None if flt is None else allowed[flt])
+                    for (_, k, exact, flt), ms in zip(keys, members)]
+
         with self._search_slots:
             per_shard = []
             started = time.perf_counter()
-            for shard in shards:
-                # each distinct filter resolved once, from the payload index
-                allowed = {f: shard.matching(f) for f in flts}
-                groups = [SearchGroup(plans[ms[0]][0], np.stack([plans[i][1] for i in ms]), k, exact,
-                                      [plans[i][2] for i in ms], None if flt is None else allowed[flt])
-                          for (_, k, exact, flt), ms in zip(keys, members)]
-                per_shard.append(shard.search(groups))
+            if member.remote:  # every shard at once: its filters resolved, then its own top-k of each group
+                from service.ray_shards import gather
+
+                fl = list(flts)
+                sets = gather([(sh, sh.submit("call", "matching", f)) for sh in shards for f in fl])
+                per_shard = gather([(sh, sh.submit("call", "search", groups(dict(zip(fl, sets[j * len(fl):])))))
+                                    for j, sh in enumerate(shards)])
+            else:
+                for shard in shards:
+                    # each distinct filter resolved once, from the payload index
+                    per_shard.append(shard.search(groups({f: shard.matching(f) for f in flts})))
             seconds = time.perf_counter() - started
         answers: list[Hits | None] = [None] * len(queries)
+        owners: dict[int, int] = {}
         for g, ms in enumerate(members):
             k = queries[ms[0]].k
             for j, i in enumerate(ms):
-                answers[i] = merge_hits([part[g][j] for part in per_shard], k)
-        return self._results(member, queries, plans, answers, seconds)
+                parts = [part[g][j] for part in per_shard]
+                answers[i] = merge_hits(parts, k)
+                if member.remote:
+                    for o, h in enumerate(parts):
+                        owners.update(dict.fromkeys(h.ids.tolist(), o))
+        return self._results(member, queries, plans, answers, seconds, owners)
 
     def _plan(self, entry: Entry, member: _Member, q: Query, prefix: str,
               picked: dict[tuple[Any, Any, Any], IndexSpec]) -> tuple[IndexSpec, npt.NDArray[np.float64], int | None]:
@@ -696,8 +1108,8 @@ class Coordinator:
         exclude = None
         if (q.vector is None) == (q.id is None):
             raise InvalidInput(f"{prefix}vector", "give exactly one of vector and id")
-        if q.id is not None:
-            iid, x = member.shard.query_vector(q.id)
+        if q.id is not None:  # its owner's vector, left out on every shard
+            iid, x = member.owner(q.id).query_vector(q.id)
             vector, exclude = x.astype(np.float64), iid
         else:
             vector = np.asarray(q.vector, dtype=np.float64)
@@ -708,14 +1120,14 @@ class Coordinator:
         return spec, vector, exclude
 
     def _results(self, member: _Member, queries: Sequence[Query], plans: list[tuple[IndexSpec, Any, int | None]],
-                 answers: list[Hits | None], seconds: float) -> list[SearchResult]:
+                 answers: list[Hits | None], seconds: float, owners: dict[int, int]) -> list[SearchResult]:
         """Hydrate the winners only: their external ids, and payloads/vectors where asked for."""
         if any(a is None for a in answers):  # cannot happen: every query is in one group
             raise StorageError("search lost a query")
         hits = [a for a in answers if a is not None]
         winners = sorted({int(i) for h in hits for i in h.ids.tolist()})
-        described: Described = member.shard.describe(
-            winners, vector=any(q.with_vector for q in queries), payload=any(q.with_payload for q in queries))
+        described = self._describe(member, winners, owners, vector=any(q.with_vector for q in queries),
+                                   payload=any(q.with_payload for q in queries))
         at = {iid: r for r, iid in enumerate(winners)}
         out = []
         for q, (spec, _, _), h in zip(queries, plans, hits):
@@ -732,6 +1144,54 @@ class Coordinator:
             out.append(SearchResult(spec.metric, spec.temperature, spec.key, spec.kind, h.how, q.k, exts, dists,
                                     seconds, payloads, vectors, h.matched))
         return out
+
+
+    @staticmethod
+    def _describe(member: _Member, winners: list[int], owners: dict[int, int], *, vector: bool,
+                  payload: bool) -> Described:
+        """The winners' external ids (and payloads/vectors when asked), each from its owning shard."""
+        if not member.remote:
+            d: Described = member.shard.describe(winners, vector=vector, payload=payload)
+            return d
+        from service.ray_shards import gather
+
+        mine: list[list[int]] = [[] for _ in member.shards]
+        for r, iid in enumerate(winners):
+            mine[owners[iid]].append(r)
+        calls = [(member.shards[j], member.shards[j].submit("call", "describe", [winners[r] for r in rows],
+                                                            vector=vector, payload=payload))
+                 for j, rows in enumerate(mine) if rows]
+        exts: list[Ext | None] = [None] * len(winners)
+        pays: list[dict[str, Any] | None] | None = [None] * len(winners) if payload else None
+        vecs: list[F32 | None] | None = [None] * len(winners) if vector else None
+        for rows, part in zip([r for r in mine if r], gather(calls)):
+            for t, r in enumerate(rows):
+                exts[r] = part.exts[t]
+                if pays is not None and part.payloads is not None:
+                    pays[r] = part.payloads[t]
+                if vecs is not None and part.vectors is not None:
+                    vecs[r] = part.vectors[t]
+        return Described(exts, pays, vecs)
+
+
+def _bulk_rows(chunks: Iterable[F32], ids: Iterable[Ext], payloads: Sequence[str | None] | None
+               ) -> Iterator[tuple[F32, list[Ext], list[str | None] | None, int]]:
+    """Each chunk of a bulk write with its ids, its payloads and the rows before it, checked as they
+    come; after the last chunk, that ids and payloads were not longer than the rows."""
+    id_iter = iter(ids)
+    n = 0
+    for X in chunks:
+        exts = list(itertools.islice(id_iter, len(X)))
+        if len(exts) != len(X):
+            raise InvalidInput("ids", f"{n + len(exts)} ids for at least {n + len(X)} rows")
+        if payloads is not None and n + len(X) > len(payloads):
+            raise InvalidInput("payloads", f"{len(payloads)} payloads for at least {n + len(X)} rows")
+        yield X, exts, None if payloads is None else list(payloads[n:n + len(X)]), n
+        n += len(X)
+    if next(id_iter, None) is not None:
+        raise InvalidInput("ids", f"more ids than the {n} rows of the matrix")
+    if payloads is not None and n and len(payloads) != n:
+        raise InvalidInput("payloads", f"{len(payloads)} payloads for {n} rows")
 
 
 def pick_index(entry: Entry, metric: str | None, temperature: float | None, kind: str | None,

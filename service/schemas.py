@@ -88,6 +88,8 @@ class CollectionIn(_In):
     payload_index: list[str] = Field(default_factory=list, max_length=256,
                                      description="payload keys to index for filters, e.g. [\"photo\", \"label\"] "
                                      "(more later with PUT .../payload_index)")
+    shards: int | None = Field(None, ge=1, le=256, description="Ray actors holding the collection, fixed at create "
+                               "(default: 1, in the server's process; more need LOGITSEARCH_RAY_ADDRESS)")
 
 
 class PayloadIndexIn(_In):
@@ -132,6 +134,7 @@ class CollectionOut(BaseModel):
     status: Literal["loading", "ready", "rebuilding", "failed"]
     indexes: list[IndexOut]
     payload_index: list[str] = Field(default_factory=list, description="payload keys indexed for filters")
+    shards: int = Field(1, description="shards (Ray actors when the collection was created with `shards`)")
 
 
 class CollectionsOut(BaseModel):
@@ -281,6 +284,9 @@ class ReadyOut(BaseModel):
     status: Literal["ready", "loading"]
     collections: dict[str, str] = Field(description="name -> loading, ready, rebuilding or failed")
     warmup: WarmupOut | None = Field(None, description="absent when the app runs without its lifespan")
+    collections: dict[str, str] = Field(description="name -> loading, ready, rebuilding, failed or unavailable")
+    shards: dict[str, str] = Field(default_factory=dict, description="collection/shard-j -> the state of each "
+                                   "Ray shard (unavailable while its actor restarts)")
 
 
 # --- snapshots (service/snapshots.py) --------------------------------------------------------------

@@ -30,6 +30,10 @@ ENV: dict[str, tuple[str, str]] = {
     "LOGITSEARCH_DRAIN_SECONDS": ("drain_seconds", "at stop, seconds open requests get to finish before a 503"),
     "LOGITSEARCH_WARMUP_SECONDS": ("warmup_seconds",
                                    "at start, seconds the kernel warm-up may hold /readyz at 503 (0: no warm-up)"),
+    "LOGITSEARCH_RAY_ADDRESS": ("ray_address", ("unset: no Ray (one process); `local`: a local Ray on 127.0.0.1; "
+                                                "else a Ray cluster's address: collections may then have `shards`")),
+    "LOGITSEARCH_RAY_SHARD_CPUS": ("ray_shard_cpus", ("CPUs Ray reserves for each shard actor (its numba and "
+                                                      "OpenMP threads: this rounded up)")),
 }
 
 
@@ -53,6 +57,9 @@ class Settings:
     drain_seconds: int = 5
     # a fresh install compiles every numba kernel (~20-60 s on 2 cores); a restart loads them (~2-5 s)
     warmup_seconds: int = 120
+    # issue 13: sharded collections, each shard a Ray actor (service/ray_shards.py)
+    ray_address: str | None = None
+    ray_shard_cpus: float = 1.0
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with keys hidden, as printed at start."""
@@ -68,6 +75,11 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
     try:
         if isinstance(default, bool):
             return str(raw).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, float):
+            fvalue = float(raw)
+            if not (0 < fvalue < 1e6):
+                raise ValueError
+            return fvalue
         if isinstance(default, int):
             value = int(raw)
             if value < 0 or (value == 0 and name not in ("port", "warmup_seconds")):

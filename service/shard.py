@@ -139,6 +139,20 @@ class _Bulk:
     rows: int = 0
 
 
+def _assign(tx: Transaction, iids: Ids, fresh: Sequence[int], candidates: Sequence[int] | None) -> None:
+    """Internal ids for the rows `fresh` new to the shard: their `candidates` (one per row of the
+    request), or consecutive ones from this shard's store."""
+    if not fresh:
+        return
+    if candidates is not None:
+        for r in fresh:
+            iids[r] = int(candidates[r])
+        return
+    start = tx.allocate(len(fresh))
+    for j, r in enumerate(fresh):
+        iids[r] = start + j
+
+
 # --- the shard -------------------------------------------------------------------------------------
 
 
@@ -319,8 +333,10 @@ class CollectionShard:
     # --- writing ---------------------------------------------------------------------------------
 
     def upsert(self, ids: Sequence[Ext], X: F32, payloads: Sequence[str | None] | None = None,
-               *, keep: bool = False) -> WriteResult:
-        """Insert or replace points; `X` float32 (n, dim), already checked; ids unique; payloads as JSON."""
+               *, keep: bool = False, candidates: Sequence[int] | None = None) -> WriteResult:
+        """Insert or replace points; `X` float32 (n, dim), already checked; ids unique; payloads as JSON.
+        `candidates`: an internal id per row, taken by the rows new to this shard (issue 13: the
+        coordinator of a sharded collection allocates them over all its shards); None: allocated here."""
         self.ready()
         if X.shape != (len(ids), self._config.dim):
             raise InvalidInput("vectors", f"expected shape ({len(ids)}, {self._config.dim}), got {X.shape}")
@@ -328,10 +344,7 @@ class CollectionShard:
             self._check_alive()
             iids, fresh = self._ids.resolve(ids)
             with self._store.transaction() as tx:
-                if fresh:
-                    start = tx.allocate(len(fresh))
-                    for j, r in enumerate(fresh):
-                        iids[r] = start + j
+                _assign(tx, iids, fresh, candidates)
                 seq = tx.next_seq(self.cid)
                 tx.put_points(self.cid, seq, iids.tolist(), ids, X, payloads, self._config.payload_index)
             self._version += 1
@@ -355,8 +368,10 @@ class CollectionShard:
         self._bulks[handle] = bulk
         return handle
 
-    def bulk_chunk(self, handle: int, ids: Sequence[Ext], X: F32, payloads: Sequence[str | None] | None) -> None:
-        """Add rows to an open bulk write (ids unique across the whole write); an error aborts it."""
+    def bulk_chunk(self, handle: int, ids: Sequence[Ext], X: F32, payloads: Sequence[str | None] | None,
+                   candidates: Sequence[int] | None = None) -> None:
+        """Add rows to an open bulk write (ids unique across the whole write); an error aborts it.
+        `candidates`: internal ids for the new rows, as for `upsert`."""
         bulk = self._bulk(handle)
         try:
             n = bulk.rows
@@ -365,11 +380,8 @@ class CollectionShard:
                     raise InvalidInput("ids", f"duplicate id {e!r} (row {n + j}); ids must be unique")
                 bulk.seen.add(e)
             iids, fresh = self._ids.resolve(ids)
-            if fresh:
-                start = bulk.tx.allocate(len(fresh))
-                for j, r in enumerate(fresh):
-                    iids[r] = start + j
-                    bulk.fresh.append((ids[r], start + j))
+            _assign(bulk.tx, iids, fresh, candidates)
+            bulk.fresh.extend((ids[r], int(iids[r])) for r in fresh)
             bulk.tx.put_points(self.cid, bulk.seq, iids.tolist(), ids, X, payloads, self._config.payload_index)
             bulk.rows += len(X)
             if bulk.kept is not None:

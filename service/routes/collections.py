@@ -47,7 +47,8 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
     return CollectionOut(name=info.name, dim=c.dim, metrics=list(c.metrics), temperatures=indexed_temperatures(info),
                          index=IndexConfig(kind=c.kind, params=dict(c.params)), count=info.count,  # type: ignore[arg-type]
                          last_operation_id=info.last_operation_id, status=info.status,
-                         indexes=[index_out(i) for i in info.indexes], payload_index=list(c.payload_index))
+                         indexes=[index_out(i) for i in info.indexes], payload_index=list(c.payload_index),
+                         shards=c.shards or 1)
 
 
 def _in_index(exc: InvalidInput) -> InvalidInput:
@@ -66,7 +67,7 @@ def put_collection(name: str, body: CollectionIn, request: Request, response: Re
     collection; a different one is 409."""
     try:
         config = CollectionConfig.create(body.dim, body.metrics, body.temperatures, body.index.kind,
-                                         body.index.params, body.payload_index)
+                                         body.index.params, body.payload_index, body.shards)
     except InvalidInput as exc:
         raise _in_index(exc) from None
     info, created = backend_of(request).create_collection(name, config)

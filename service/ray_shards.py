@@ -1,0 +1,556 @@
+"""Sharded collections on Ray (issue 13): each shard of a collection is a named, detached Ray actor.
+
+A `ShardActor` wraps one `CollectionShard` (service/shard.py) with a SQLite of its own and its index
+snapshots, in `<data dir>/shards/c<cid>-s<j>/` on the node it is pinned to. It is made from
+immutable arguments only (names, the directory, the config it is created with) and recovers from its
+own files whenever Ray (re)starts it (`max_restarts=-1`): the config, the shard's copy of its desired
+indexes and its points are in its SQLite. `RemoteShard` is the coordinator's handle on it, with the
+`CollectionShard` interface, so service/coordinator.py calls `shard.search(groups)` alike for both.
+
+Writes go in two phases so that a request spanning shards is all-or-nothing. Each touched shard
+`prepare`s its part durably (the `prepared` table, keyed by the write's token); the coordinator
+records the commit in its catalog (service/catalog.py `Catalog.commit`, the one commit point); then
+each shard `publish`es: its part goes through the shard's ordinary write, in ONE SQLite transaction
+with the deletion of the prepared part and the token's row in `ops`. A publish is idempotent by
+token (Ray or the coordinator may send it twice), and `resolve` publishes or drops what a crash left
+prepared, as the catalog says. Nothing here is an RPC layer of our own: Ray carries the calls.
+
+Routing: `shard_of(id, n)` hashes the type-tagged id (5 and "5" differ) into BUCKETS fixed buckets,
+bucket -> shard by `bucket % n`. Internal ids are candidates the coordinator reserves in its catalog
+for every row of a request, so they stay globally unique and in request order across shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import pickle
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from core.errors import InvalidInput, LogitsearchError, StorageError
+from indexes.knn import IndexSpec
+from service import filters
+from service.catalog import CollectionConfig, IndexState, IndexStatus
+from service.shard import CollectionShard, Point, ShardStatus
+from service.store import Ext, Store, Transaction
+
+log = logging.getLogger("logitsearch.ray")
+
+#: fixed hash buckets; bucket -> shard is `bucket % shards`
+BUCKETS = 4096
+#: the Ray namespace of every shard actor
+NAMESPACE = "logitsearch"
+#: object store of a `local` Ray started by the server
+LOCAL_OBJECT_STORE = 512 * 1024**2
+#: threads per shard actor for concurrent calls (searches, a waiting write, status)
+ACTOR_CONCURRENCY = 16
+#: seconds a call waits for a shard before answering 503
+CALL_TIMEOUT = 120.0
+#: seconds a status call waits (readiness, GET of a collection)
+STATUS_TIMEOUT = 5.0
+#: seconds a committed write keeps retrying its publish on a restarting shard before answering 503
+PUBLISH_WAIT = 20.0
+
+
+class ShardUnavailable(StorageError):
+    """A shard's actor is down or restarting (503, Retry-After): its name says which."""
+
+    def __init__(self, label: str, why: str) -> None:
+        super().__init__(f"shard {label} is unavailable ({why}); Ray is restarting it, retry shortly")
+        self.label = label
+
+
+def bucket_of(ext: Ext) -> int:
+    """The id's bucket: blake2b of the type-tagged id ("i:5" and "s:5" differ), mod BUCKETS."""
+    tag = (b"i:" + str(int(ext)).encode()) if isinstance(ext, int) else b"s:" + ext.encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(tag, digest_size=8).digest(), "little") % BUCKETS
+
+
+def shard_of(ext: Ext, shards: int) -> int:
+    return bucket_of(ext) % shards
+
+
+def route(ids: Sequence[Ext], shards: int) -> list[list[int]]:
+    """For each shard, the positions in `ids` it owns, in order."""
+    out: list[list[int]] = [[] for _ in range(shards)]
+    for r, e in enumerate(ids):
+        out[shard_of(e, shards)].append(r)
+    return out
+
+
+def actor_name(data_dir: Path, cid: int, shard: int) -> str:
+    """Unique per data directory: two servers on one Ray cluster do not share actors."""
+    key = hashlib.blake2b(str(Path(data_dir).resolve()).encode(), digest_size=5).hexdigest()
+    return f"c{cid}-s{shard}-{key}"
+
+
+def _sql(tx: Transaction) -> sqlite3.Connection:
+    """The connection of `tx`: the prepared parts commit in the shard's own write transaction."""
+    conn: sqlite3.Connection = tx._c
+    return conn
+
+
+# --- the actor's side ------------------------------------------------------------------------------
+
+
+class ShardStore(Store):
+    """A shard's own SQLite, plus `prepared(token, part, kind, body)` and `ops(token, count)`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self._publishing: dict[int, int] = {}  # thread -> token its next transaction publishes
+
+    def open(self) -> None:
+        super().open()
+        with super().transaction() as tx:
+            c = _sql(tx)
+            c.execute("CREATE TABLE IF NOT EXISTS prepared (token INTEGER NOT NULL, part INTEGER NOT NULL, "
+                      "kind TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (token, part)) WITHOUT ROWID")
+            c.execute("CREATE TABLE IF NOT EXISTS ops (token INTEGER PRIMARY KEY, count INTEGER NOT NULL)")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        token = self._publishing.pop(threading.get_ident(), None)
+        with super().transaction() as tx:
+            if token is not None:  # the write that publishes `token`: the part leaves `prepared` with it
+                c = _sql(tx)
+                c.execute("INSERT INTO ops (token, count) VALUES (?, -1)", (token,))
+                c.execute("DELETE FROM prepared WHERE token = ?", (token,))
+            yield tx
+
+    def publishing(self, token: int) -> None:
+        """The calling thread's next transaction publishes `token`."""
+        self._publishing[threading.get_ident()] = token
+
+    def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"storage failed ({exc})") from exc
+        finally:
+            conn.close()
+
+    def put_prepared(self, token: int, part: int, kind: str, body: bytes) -> None:
+        with super().transaction() as tx:
+            _sql(tx).execute("INSERT OR REPLACE INTO prepared (token, part, kind, body) VALUES (?, ?, ?, ?)",
+                             (token, part, kind, body))
+
+    def drop_prepared(self, token: int) -> None:
+        with super().transaction() as tx:
+            _sql(tx).execute("DELETE FROM prepared WHERE token = ?", (token,))
+
+    def prepared_parts(self, token: int) -> list[tuple[int, str]]:
+        return [(r[0], r[1]) for r in self._read("SELECT part, kind FROM prepared WHERE token = ? ORDER BY part",
+                                                 (token,))]
+
+    def prepared_body(self, token: int, part: int) -> Any:
+        rows = self._read("SELECT body FROM prepared WHERE token = ? AND part = ?", (token, part))
+        return pickle.loads(rows[0][0])  # our own durable file, written by put_prepared
+
+    def prepared_tokens(self) -> list[int]:
+        return [r[0] for r in self._read("SELECT DISTINCT token FROM prepared ORDER BY token", ())]
+
+    def published(self, token: int) -> int | None:
+        rows = self._read("SELECT count FROM ops WHERE token = ?", (token,))
+        return None if not rows else int(rows[0][0])
+
+    def set_count(self, token: int, count: int) -> None:
+        with super().transaction() as tx:
+            _sql(tx).execute("UPDATE ops SET count = ? WHERE token = ?", (count, token))
+
+
+def _limit_threads(threads: int) -> None:
+    """numba's and FAISS's OpenMP threads = the actor's CPUs (its env set them before the imports)."""
+    import faiss
+    import numba
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    faiss.omp_set_num_threads(threads)
+
+
+#: CollectionShard methods the coordinator may call on an actor through `call`
+_SHARD_METHODS = frozenset({
+    "status", "points", "settle", "snapshot", "configure", "index_payloads", "unindex_payloads", "matching",
+    "select", "query_vector", "search", "describe", "get_points", "payload_values", "indexed_ids", "rows"})
+
+
+class ShardActor:
+    """One shard of one collection in its own process (Ray titles it `ray::ShardActor`)."""
+
+    def __init__(self, name: str, shard: int, directory: str, config: dict[str, Any], snapshot_every: int,
+                 threads: int) -> None:
+        from service.lifecycle import start_process
+
+        _limit_threads(threads)
+        start_process()
+        self.label = f"{name}/shard-{shard}"
+        self._dir = Path(directory)
+        self._store = ShardStore(self._dir)
+        self._store.open()
+        fresh = not self._store.collections()
+        if fresh:
+            cfg = CollectionConfig.from_dict(config)
+            with self._store.transaction() as tx:
+                tx.create_collection(name, cfg.to_dict(), [IndexState(s, "ready").to_dict() for s in cfg.specs()])
+        sc = self._store.collections()[0]
+        self._cid = sc.cid
+        self._states = {d.spec.key: d for d in (IndexState.from_dict(x) for x in sc.indexes)}
+        self._built: dict[str, threading.Event] = {}
+        self._states_lock = threading.RLock()  # builds end on their own threads
+        self._write = threading.Lock()
+        self.shard = CollectionShard(sc.cid, name, CollectionConfig.from_dict(sc.config), self._store,
+                                     self._dir / "indexes", snapshot_every=snapshot_every, on_index=self._on_index)
+        if fresh:
+            self.shard.start_empty([s.spec for s in self._states.values()])
+        else:
+            ready = [s.spec for s in self._states.values() if s.status == "ready"]
+            building = [s.spec for s in self._states.values() if s.status == "building"]
+            self.shard.load(ready, building, sc.last_seq)
+
+    # --- identity and generic calls ----------------------------------------------------------------
+
+    def ping(self) -> tuple[int, str]:
+        return os.getpid(), self.label
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method not in _SHARD_METHODS:
+            raise StorageError(f"shard method {method!r} is not callable remotely")
+        return getattr(self.shard, method)(*args, **kwargs)
+
+    # --- two-phase writes ------------------------------------------------------------------------
+
+    def prepare(self, token: int, part: int, kind: str, body: tuple[Any, ...]) -> None:
+        """Make part `part` of write `token` durable here, unpublished (idempotent)."""
+        if kind in ("upsert", "bulk"):
+            self.shard.ready()  # 503 now rather than at publish
+        if self._store.published(token) is None:
+            self._store.put_prepared(token, part, kind, pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def abort(self, token: int) -> None:
+        self._store.drop_prepared(token)
+
+    def prepared_tokens(self) -> list[int]:
+        return self._store.prepared_tokens()
+
+    def publish(self, token: int, wait: bool) -> tuple[int, str]:
+        """Apply prepared write `token` (its first publish only); (count, status) where status is
+        completed / rebuilding once applied with `wait`, else acknowledged."""
+        with self._write:
+            count = self._store.published(token)
+            if count is None:
+                count = self._publish(token)
+        if not wait:
+            return count, "acknowledged"
+        self.shard.settle()
+        return count, "completed" if self.shard.status().state == "ready" else "rebuilding"
+
+    def _publish(self, token: int) -> int:
+        parts = self._store.prepared_parts(token)
+        if not parts:
+            raise StorageError(f"shard {self.label}: write {token} is neither prepared nor published")
+        kind = parts[0][1]
+        self._store.publishing(token)
+        try:
+            if kind == "upsert":
+                ids, X, payloads, cand = self._store.prepared_body(token, parts[0][0])
+                n = self.shard.upsert(ids, X, payloads, candidates=cand).count
+            elif kind == "bulk":
+                handle = self.shard.bulk_begin()
+                n = 0
+                try:
+                    for part, _ in parts:
+                        ids, X, payloads, cand = self._store.prepared_body(token, part)
+                        self.shard.bulk_chunk(handle, ids, X, payloads, cand)
+                        n += len(ids)
+                except BaseException as exc:
+                    self.shard.bulk_abort(handle, exc)
+                    raise
+                self.shard.bulk_commit(handle)
+            elif kind == "delete":
+                (ids,) = self._store.prepared_body(token, parts[0][0])
+                n = self.shard.delete(ids).count
+            elif kind == "delete_matching":
+                (flt,) = self._store.prepared_body(token, parts[0][0])
+                n = self.shard.delete_matching(flt).count
+            else:
+                raise StorageError(f"unknown prepared write kind {kind!r}")
+        finally:
+            self._store._publishing.pop(threading.get_ident(), None)
+        self._store.set_count(token, n)
+        return n
+
+    def resolve(self, committed: Sequence[int]) -> None:
+        """After a crash: publish the prepared writes in `committed` (in token order), drop the others."""
+        keep = set(committed)
+        for token in self._store.prepared_tokens():
+            if token in keep:
+                self.publish(token, wait=False)
+            else:
+                self._store.drop_prepared(token)
+
+    # --- indexes (the shard keeps its own copy of its desired indexes, to recover alone) ---------
+
+    def _save_states(self) -> None:
+        """Called with `_states_lock` held."""
+        with self._store.transaction() as tx:
+            tx.set_indexes(self._cid, [s.to_dict() for s in self._states.values()])
+
+    def _on_index(self, key: str, spec: IndexSpec, status: IndexStatus, error: str | None) -> None:
+        with self._states_lock:
+            if key in self._states:
+                self._states[key] = IndexState(spec, status, error)
+                self._save_states()
+            elif status == "ready":  # dropped while it was building
+                self.shard.drop_index(key)
+            self._built.setdefault(key, threading.Event()).set()
+
+    def build(self, spec: IndexSpec) -> None:
+        with self._states_lock:
+            current = self._states.get(spec.key)
+            if current is not None and current.spec == spec and current.status != "failed":
+                return  # building or built already (a retried call)
+            self._states[spec.key] = IndexState(spec, "building")
+            self._save_states()
+            self._built[spec.key] = threading.Event()
+        self.shard.build(spec)
+
+    def wait_build(self, key: str, timeout: float) -> tuple[str, str | None] | None:
+        """(status, error) of index `key` once its build has ended, None if still building."""
+        with self._states_lock:
+            state = self._states.get(key)
+            event = self._built.setdefault(key, threading.Event())
+        if state is None:
+            return "failed", "the index was dropped"
+        if state.status == "building":
+            event.wait(timeout)
+            state = self._states.get(key)
+            if state is None or state.status == "building":
+                return None
+        return state.status, state.error
+
+    def drop_index(self, key: str) -> None:
+        with self._states_lock:
+            if self._states.pop(key, None) is not None:
+                self._save_states()
+        self.shard.drop_index(key)
+
+    # --- reads that need internal ids --------------------------------------------------------------
+
+    def scroll(self, offset: int, limit: int, with_vector: bool, with_payload: bool,
+               flt: filters.Filter | None) -> tuple[list[Point], list[int]]:
+        """Up to limit + 1 points from internal id `offset` on, with their internal ids (the
+        coordinator merges the shards' pages by internal id)."""
+        if flt is not None:
+            iids = self.shard.matching(flt)
+            page = iids[iids >= offset][:limit + 1].tolist()
+            found = self._store.points(self._cid, page, vector=with_vector, payload=with_payload)
+            rows = [found[i] for i in page if i in found]
+        else:
+            rows = self._store.scroll(self._cid, offset, limit + 1, vector=with_vector, payload=with_payload)
+        return [Point(r.ext, r.vector, r.payload) for r in rows], [r.iid for r in rows]
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.shard.close()
+        self._store.close()
+
+    def drop(self) -> None:
+        self.shard.drop()
+        self._store.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+# --- the coordinator's side ------------------------------------------------------------------------
+
+
+def _translate(exc: BaseException, label: str) -> BaseException:
+    """A Ray error as ours: the shard's own domain error as it was raised, a dead, restarting or
+    silent actor as ShardUnavailable (503); anything else stays a bug (500)."""
+    from ray import exceptions as rx
+
+    if isinstance(exc, rx.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, LogitsearchError):
+            return cause
+        if isinstance(cause, rx.RayError) and not isinstance(cause, rx.RayTaskError):
+            return ShardUnavailable(label, type(cause).__name__)
+        return exc
+    if isinstance(exc, rx.GetTimeoutError):
+        return ShardUnavailable(label, "no answer in time")
+    if isinstance(exc, rx.RayError):
+        return ShardUnavailable(label, type(exc).__name__)
+    return exc
+
+
+class RemoteShard:
+    """The coordinator's handle on one shard actor, with CollectionShard's interface."""
+
+    def __init__(self, handle: Any, label: str, index: int) -> None:
+        self.handle, self.label, self.index = handle, label, index
+
+    # --- calls -----------------------------------------------------------------------------------
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Start a call; its ObjectRef (`result` waits for it)."""
+        try:
+            return getattr(self.handle, method).remote(*args, **kwargs)
+        except Exception as exc:
+            raise _translate(exc, self.label) from exc
+
+    def result(self, ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        import ray
+
+        try:
+            return ray.get(ref, timeout=timeout)
+        except Exception as exc:
+            raise _translate(exc, self.label) from exc
+
+    def _call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT, **kwargs: Any) -> Any:
+        return self.result(self.submit(method, *args, **kwargs), timeout)
+
+    def _shard(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._call("call", method, *args, **kwargs)
+
+    # --- the CollectionShard interface -------------------------------------------------------------
+
+    def wait_loaded(self, timeout: float) -> bool:
+        return True  # an actor answers once its constructor (the load) has run; calls time out as 503
+
+    def ready(self) -> None:
+        """Nothing to ask: each call checks the shard's state itself (a 503 when not ready)."""
+
+    def status(self) -> ShardStatus:
+        status: ShardStatus = self._call("call", "status", timeout=STATUS_TIMEOUT)
+        return status
+
+    def points(self) -> int:
+        n: int = self._shard("points")
+        return n
+
+    def ping(self, timeout: float = STATUS_TIMEOUT) -> tuple[int, str]:
+        out: tuple[int, str] = self._call("ping", timeout=timeout)
+        return out
+
+    def __getattr__(self, method: str) -> Any:
+        if method in _SHARD_METHODS:
+            return lambda *args, **kwargs: self._shard(method, *args, **kwargs)
+        raise AttributeError(method)
+
+    def build(self, spec: IndexSpec) -> None:
+        self._call("build", spec)
+
+    def drop_index(self, key: str) -> None:
+        self._call("drop_index", key)
+
+    def close(self) -> None:
+        try:
+            self._call("close", timeout=60)
+        except LogitsearchError as exc:  # a down shard snapshots at its next start instead
+            log.warning("shard did not close cleanly", extra={"fields": {"shard": self.label, "reason": str(exc)}})
+        self.kill()
+
+    def drop(self) -> None:
+        try:
+            self._call("drop", timeout=60)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self.handle, no_restart=True)
+        except Exception as exc:  # noqa: BLE001 -- gone already
+            log.debug("shard actor already gone", extra={"fields": {"shard": self.label, "reason": str(exc)}})
+
+
+def gather(calls: Sequence[tuple[RemoteShard, Any]], timeout: float = CALL_TIMEOUT) -> list[Any]:
+    """The results of calls started on several shards, in order; the first failure raises (a
+    ShardUnavailable names its shard), never a partial list."""
+    return [shard.result(ref, timeout) for shard, ref in calls]
+
+
+class RayShards:
+    """The Ray connection of one coordinator and the shard actors of its collections."""
+
+    def __init__(self, address: str, data_dir: Path, snapshot_every: int, shard_cpus: float) -> None:
+        self.address, self.data_dir = address, Path(data_dir)
+        self.snapshot_every, self.shard_cpus = snapshot_every, shard_cpus
+        self._cls: Any = None
+
+    def connect(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            if self.address == "local":
+                # without it Ray 2.60 also binds some of its ports on the host's other addresses
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+                ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, namespace=NAMESPACE,
+                         object_store_memory=LOCAL_OBJECT_STORE, log_to_driver=False)
+            else:
+                ray.init(address=self.address, namespace=NAMESPACE, log_to_driver=False)
+        self._cls = ray.remote(ShardActor)
+
+    def nodes(self) -> list[str]:
+        """The addresses of the cluster's alive nodes, sorted (a shard's placement is one of them)."""
+        import ray
+
+        return sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")})
+
+    def check_room(self, shards: int) -> None:
+        """InvalidInput("shards") when the cluster has not the CPUs for `shards` more actors (they
+        would wait for a CPU forever)."""
+        import ray
+
+        free = float(ray.available_resources().get("CPU", 0.0))
+        if shards * self.shard_cpus > free + 1e-9:
+            raise InvalidInput("shards", f"{shards} shards x {self.shard_cpus:g} CPU (LOGITSEARCH_RAY_SHARD_CPUS) "
+                                         f"need {shards * self.shard_cpus:g} CPUs; the Ray cluster has {free:g} "
+                                         "free: lower the setting, use fewer shards or add nodes")
+
+    def here(self) -> str:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node)
+
+    def directory(self, cid: int, shard: int) -> Path:
+        return self.data_dir / "shards" / f"c{cid}-s{shard}"
+
+    def shards(self, name: str, cid: int, config: CollectionConfig, placement: Sequence[str]) -> list[RemoteShard]:
+        """The actors of a collection: found by name when alive, else (re)created from their files."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        n = config.shards or 1
+        threads = max(1, math.ceil(self.shard_cpus))
+        env = {"OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads),
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                              *filter(None, [os.environ.get("PYTHONPATH")])])}
+        ids = {n_["NodeManagerAddress"]: n_["NodeID"] for n_ in ray.nodes() if n_.get("Alive")}
+        out = []
+        for j in range(n):
+            label = f"{name}/shard-{j}"
+            node = ids.get(placement[j]) if j < len(placement) else None
+            if node is None:
+                raise ShardUnavailable(label, f"its node {placement[j] if j < len(placement) else '?'} is not "
+                                              "in the Ray cluster")
+            handle = self._cls.options(
+                name=actor_name(self.data_dir, cid, j), namespace=NAMESPACE, lifetime="detached",
+                get_if_exists=True, max_restarts=-1, max_task_retries=0, num_cpus=self.shard_cpus,
+                max_concurrency=ACTOR_CONCURRENCY, runtime_env={"env_vars": env},
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+            ).remote(name, j, str(self.directory(cid, j)), config.to_dict(), self.snapshot_every, threads)
+            out.append(RemoteShard(handle, label, j))
+        return out
+

@@ -1,0 +1,53 @@
+"""A real local Ray for the tests of sharded collections (issue 13): one per module, on 127.0.0.1,
+two CPUs, a bounded object store, torn down after the module. Skipped when ray is not installed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.ray_shards import shard_of
+from service.settings import load_settings
+from tests.service.conftest import client  # noqa: F401  (the fixture, for test_without_ray.py)
+
+#: each shard actor asks Ray for this many CPUs (the module's Ray has two; a test makes a few actors)
+SHARD_CPUS = 0.1
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    # without it Ray 2.60 binds some ports on the host's other addresses too
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
+             object_store_memory=200 * 1024**2, log_to_driver=False, namespace="logitsearch-tests")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def ray_client(data_dir: Path, **overrides: Any) -> TestClient:
+    """A TestClient (a context manager: it runs the lifespan) whose server uses the module's Ray."""
+    settings = {"data_dir": str(data_dir), "ray_address": "local", "ray_shard_cpus": SHARD_CPUS, **overrides}
+    return TestClient(create_app(load_settings(settings, environ={})))
+
+
+def ids_by_shard(sizes: list[int], shards: int, kinds: str = "is") -> list[list[Any]]:
+    """For each shard j, `sizes[j]` ids it owns, ints and strings mixed (kinds "i", "s" or "is")."""
+    out: list[list[Any]] = [[] for _ in range(shards)]
+    n = 0
+    while any(len(o) < s for o, s in zip(out, sizes)):
+        kind = kinds[n % len(kinds)]
+        e: Any = n if kind == "i" else f"p{n}"
+        j = shard_of(e, shards)
+        if len(out[j]) < sizes[j]:
+            out[j].append(e)
+        n += 1
+    return out
