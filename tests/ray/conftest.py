@@ -34,8 +34,10 @@ def ray_local() -> Iterator[Any]:
 
 
 def ray_client(data_dir: Path, **overrides: Any) -> TestClient:
-    """A TestClient (a context manager: it runs the lifespan) whose server uses the module's Ray."""
-    settings = {"data_dir": str(data_dir), "ray_address": "local", "ray_shard_cpus": SHARD_CPUS, **overrides}
+    """A TestClient (a context manager: it runs the lifespan) whose server uses the module's Ray; the
+    kernel warm-up is off, as for every in-process client (it is tested on its own)."""
+    settings = {"data_dir": str(data_dir), "ray_address": "local", "ray_shard_cpus": SHARD_CPUS,
+                "warmup_seconds": 0, **overrides}
     return TestClient(create_app(load_settings(settings, environ={})))
 
 
