@@ -9,7 +9,6 @@ only then made in memory, so a failed write leaves both as they were.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -263,8 +262,8 @@ class Catalog:
         """Create the table of sharded writes' commit records (with Ray only: without it the
         catalog's SQLite stays as it was)."""
         with self._store.transaction() as tx:
-            _sql(tx).execute(_COMMITS)
-            _sql(tx).execute(_PLACEMENT)
+            tx.connection.execute(_COMMITS)
+            tx.connection.execute(_PLACEMENT)
 
     def reserve(self, n: int) -> int:
         """max(n, 1) fresh internal ids, the candidates of one sharded write; the first is the
@@ -288,36 +287,36 @@ class Catalog:
             e = self.get(name)
             with self._store.transaction() as tx:
                 seq = tx.next_seq(e.cid)
-                _sql(tx).execute("INSERT INTO shard_commits (cid, token, seq) VALUES (?, ?, ?)", (e.cid, token, seq))
+                tx.connection.execute("INSERT INTO shard_commits (cid, token, seq) VALUES (?, ?, ?)", (e.cid, token, seq))
             self._entries[name] = dataclasses.replace(e, last_seq=seq)
             return seq
 
     def set_placement(self, cid: int, nodes: Sequence[str]) -> None:
         """The node (its address) that holds each shard's files, recorded at create."""
         with self._store.transaction() as tx:
-            _sql(tx).executemany("INSERT OR REPLACE INTO shard_nodes (cid, shard, node) VALUES (?, ?, ?)",
+            tx.connection.executemany("INSERT OR REPLACE INTO shard_nodes (cid, shard, node) VALUES (?, ?, ?)",
                                  [(cid, j, node) for j, node in enumerate(nodes)])
 
     def placement(self, cid: int) -> list[str]:
         with self._store.transaction() as tx:
-            rows = _sql(tx).execute("SELECT node FROM shard_nodes WHERE cid = ? ORDER BY shard", (cid,)).fetchall()
+            rows = tx.connection.execute("SELECT node FROM shard_nodes WHERE cid = ? ORDER BY shard", (cid,)).fetchall()
         return [r[0] for r in rows]
 
     def forget_sharded(self, cid: int) -> None:
         """A sharded collection was dropped: its placement and commit records go too."""
         with self._store.transaction() as tx:
-            _sql(tx).execute("DELETE FROM shard_nodes WHERE cid = ?", (cid,))
-            _sql(tx).execute("DELETE FROM shard_commits WHERE cid = ?", (cid,))
+            tx.connection.execute("DELETE FROM shard_nodes WHERE cid = ?", (cid,))
+            tx.connection.execute("DELETE FROM shard_commits WHERE cid = ?", (cid,))
 
     def is_committed(self, cid: int, token: int) -> bool:
         with self._store.transaction() as tx:
-            row = _sql(tx).execute("SELECT 1 FROM shard_commits WHERE cid = ? AND token = ?", (cid, token)).fetchone()
+            row = tx.connection.execute("SELECT 1 FROM shard_commits WHERE cid = ? AND token = ?", (cid, token)).fetchone()
         return row is not None
 
     def forget_commits(self, cid: int, below: int | None = None) -> None:
         """Drop commit records every shard has published (all of them, or those with token < `below`)."""
         with self._store.transaction() as tx:
-            _sql(tx).execute("DELETE FROM shard_commits WHERE cid = ? AND token < ?", (cid, below if below is not None
+            tx.connection.execute("DELETE FROM shard_commits WHERE cid = ? AND token < ?", (cid, below if below is not None
                                                                                        else 2**62))
 
 
@@ -326,10 +325,3 @@ _PLACEMENT = """CREATE TABLE IF NOT EXISTS shard_nodes (
 _COMMITS = """CREATE TABLE IF NOT EXISTS shard_commits (
     cid INTEGER NOT NULL, token INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (cid, token)) WITHOUT ROWID"""
 
-
-def _sql(tx: Transaction) -> sqlite3.Connection:
-    """The connection of `tx`: the commit records of sharded writes live beside the collections,
-    written in the same transaction as the collection's operation id (service/store.py keeps no
-    table for them)."""
-    conn: sqlite3.Connection = tx._c
-    return conn

@@ -92,11 +92,6 @@ def actor_name(data_dir: Path, cid: int, shard: int) -> str:
     return f"c{cid}-s{shard}-{key}"
 
 
-def _sql(tx: Transaction) -> sqlite3.Connection:
-    """The connection of `tx`: the prepared parts commit in the shard's own write transaction."""
-    conn: sqlite3.Connection = tx._c
-    return conn
-
 
 # --- the actor's side ------------------------------------------------------------------------------
 
@@ -111,7 +106,7 @@ class ShardStore(Store):
     def open(self) -> None:
         super().open()
         with super().transaction() as tx:
-            c = _sql(tx)
+            c = tx.connection
             c.execute("CREATE TABLE IF NOT EXISTS prepared (token INTEGER NOT NULL, part INTEGER NOT NULL, "
                       "kind TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (token, part)) WITHOUT ROWID")
             c.execute("CREATE TABLE IF NOT EXISTS ops (token INTEGER PRIMARY KEY, count INTEGER NOT NULL)")
@@ -121,7 +116,7 @@ class ShardStore(Store):
         token = self._publishing.pop(threading.get_ident(), None)
         with super().transaction() as tx:
             if token is not None:  # the write that publishes `token`: the part leaves `prepared` with it
-                c = _sql(tx)
+                c = tx.connection
                 c.execute("INSERT INTO ops (token, count) VALUES (?, -1)", (token,))
                 c.execute("DELETE FROM prepared WHERE token = ?", (token,))
             yield tx
@@ -141,12 +136,12 @@ class ShardStore(Store):
 
     def put_prepared(self, token: int, part: int, kind: str, body: bytes) -> None:
         with super().transaction() as tx:
-            _sql(tx).execute("INSERT OR REPLACE INTO prepared (token, part, kind, body) VALUES (?, ?, ?, ?)",
+            tx.connection.execute("INSERT OR REPLACE INTO prepared (token, part, kind, body) VALUES (?, ?, ?, ?)",
                              (token, part, kind, body))
 
     def drop_prepared(self, token: int) -> None:
         with super().transaction() as tx:
-            _sql(tx).execute("DELETE FROM prepared WHERE token = ?", (token,))
+            tx.connection.execute("DELETE FROM prepared WHERE token = ?", (token,))
 
     def prepared_parts(self, token: int) -> list[tuple[int, str]]:
         return [(r[0], r[1]) for r in self._read("SELECT part, kind FROM prepared WHERE token = ? ORDER BY part",
@@ -165,7 +160,7 @@ class ShardStore(Store):
 
     def set_count(self, token: int, count: int) -> None:
         with super().transaction() as tx:
-            _sql(tx).execute("UPDATE ops SET count = ? WHERE token = ?", (count, token))
+            tx.connection.execute("UPDATE ops SET count = ? WHERE token = ?", (count, token))
 
 
 def _limit_threads(threads: int) -> None:

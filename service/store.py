@@ -179,6 +179,13 @@ class Transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The transaction's connection, for tables a module keeps beside the store's own (the
+        commit records and placement of sharded writes, issue 13): what it writes commits or rolls
+        back with the rest of the transaction."""
+        return self._c
+
     def create_collection(self, name: str, config: dict[str, Any], indexes: list[dict[str, Any]]) -> int:
         cur = self._c.execute("INSERT INTO collections (name, config, indexes) VALUES (?, ?, ?)",
                               (name, json.dumps(config), json.dumps(indexes)))
