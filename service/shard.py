@@ -447,20 +447,18 @@ class CollectionShard:
 
     def index_payloads(self, config: CollectionConfig, new: tuple[str, ...]) -> None:
         """Record `config` and back-fill the payload index for keys `new`, in one transaction."""
-        with self._lock:
-            self._check_alive()
-            with self._store.transaction() as tx:
-                tx.set_config(self.cid, config.to_dict())
-                tx.index_payloads(self.cid, new)
-            self._config = config
+        self._reconfigure(config, lambda tx: tx.index_payloads(self.cid, new))
 
     def unindex_payloads(self, config: CollectionConfig, key: str) -> None:
         """Record `config` and drop the payload index rows of `key`, in one transaction."""
+        self._reconfigure(config, lambda tx: tx.unindex_payloads(self.cid, key))
+
+    def _reconfigure(self, config: CollectionConfig, change: Callable[[Transaction], None]) -> None:
         with self._lock:
             self._check_alive()
             with self._store.transaction() as tx:
                 tx.set_config(self.cid, config.to_dict())
-                tx.unindex_payloads(self.cid, key)
+                change(tx)
             self._config = config
 
     def _check_alive(self) -> None:
