@@ -397,6 +397,8 @@ class Coordinator:
     def create_collection(self, name: str, config: CollectionConfig) -> tuple[CollectionInfo, bool]:
         """Create `name`; (info, False) when it exists with the same config, Conflict for another one."""
         check_name(name)
+        if config.shards is None and self.settings.default_shards > 1:
+            config = dataclasses.replace(config, shards=self.settings.default_shards)
         if config.shards is not None and self._ray is None:
             if config.shards > 1:
                 raise InvalidInput("shards", f"{config.shards} shards need Ray: set LOGITSEARCH_RAY_ADDRESS "

@@ -34,6 +34,8 @@ ENV: dict[str, tuple[str, str]] = {
                                                 "else a Ray cluster's address: collections may then have `shards`")),
     "LOGITSEARCH_RAY_SHARD_CPUS": ("ray_shard_cpus", ("CPUs Ray reserves for each shard actor (its numba and "
                                                       "OpenMP threads: this rounded up)")),
+    "LOGITSEARCH_DEFAULT_SHARDS": ("default_shards", ("shards a collection gets when its create request names "
+                                                      "none (1: one in-process shard; more need Ray)")),
 }
 
 
@@ -60,6 +62,7 @@ class Settings:
     # issue 13: sharded collections, each shard a Ray actor (service/ray_shards.py)
     ray_address: str | None = None
     ray_shard_cpus: float = 1.0
+    default_shards: int = 1
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with keys hidden, as printed at start."""
@@ -112,4 +115,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
     coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
     if coerced.get("log_level", "info") not in ("debug", "info", "warning", "error", "critical"):
         raise InvalidInput("log_level", f"must be debug, info, warning or error, got {coerced['log_level']!r}")
-    return replace(base, **coerced)
+    settings = replace(base, **coerced)
+    if settings.default_shards > 1 and not settings.ray_address:
+        raise InvalidInput("default_shards", f"{settings.default_shards} shards need Ray: set "
+                                             "LOGITSEARCH_RAY_ADDRESS (`local`, or a Ray cluster's address)")
+    if settings.default_shards > 256:
+        raise InvalidInput("default_shards", f"at most 256, got {settings.default_shards}")
+    return settings
