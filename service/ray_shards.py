@@ -213,6 +213,15 @@ class ShardActor:
 
     # --- identity and generic calls ----------------------------------------------------------------
 
+    def threads(self) -> tuple[int, int]:
+        """(numba threads, FAISS OpenMP threads) a call on this actor runs its kernels with. Both are
+        per-thread settings, and calls run on Ray's pool threads, so only the actor's environment
+        (its runtime_env) sets them for every thread; `_limit_threads` in __init__ alone would not."""
+        import faiss
+        import numba
+
+        return int(numba.get_num_threads()), int(faiss.omp_get_max_threads())
+
     def ping(self) -> tuple[int, str]:
         return os.getpid(), self.label
 
