@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-
 from tests.ray.conftest import ray_client
 
 

@@ -3,7 +3,15 @@ shard is today's collection. Runs whether or not ray is installed."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core.errors import InvalidInput
 from service.ray_shards import BUCKETS, bucket_of, route, shard_of
+from service.settings import load_settings
 from tests.service.conftest import problem
 
 
@@ -36,3 +44,17 @@ def test_ids_route_by_type_tagged_hash_issue_13():
     assert all(parts) and all(shard_of(ids[r], 3) == j for j, p in enumerate(parts) for r in p)
     # stable across processes and releases (blake2b of b"i:7", b"s:7": no per-process salt as hash() has)
     assert (bucket_of(7), bucket_of("7"), bucket_of("photo~c1")) == (1526, 1601, 2348)
+
+
+def test_a_default_of_more_than_one_shard_without_ray_is_refused_at_start_naming_the_setting_issue_13(tmp_path):
+    with pytest.raises(InvalidInput) as err:
+        load_settings({"data_dir": str(tmp_path)}, environ={"LOGITSEARCH_DEFAULT_SHARDS": "3"})
+    assert err.value.field == "default_shards" and "LOGITSEARCH_RAY_ADDRESS" in err.value.reason
+    assert load_settings(environ={"LOGITSEARCH_DEFAULT_SHARDS": "3", "LOGITSEARCH_RAY_ADDRESS": "local"}
+                         ).default_shards == 3
+    # the CLI says it in one line and exits 2, before any server starts
+    run = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--data-dir", str(tmp_path / "d")],
+                         env={**os.environ, "LOGITSEARCH_DEFAULT_SHARDS": "3",
+                              "LOGITSEARCH_RAY_ADDRESS": ""},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 2 and "default_shards" in run.stderr and "Traceback" not in run.stderr, run.stderr
