@@ -4,7 +4,10 @@ two CPUs, a bounded object store, torn down after the module. Skipped when ray i
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +68,32 @@ def sharded_client(ray_local: Any, tmp_path: Path) -> Iterator[TestClient]:
     SUITE_SHARDS Ray actors (LOGITSEARCH_DEFAULT_SHARDS); its actors are killed at teardown."""
     with ray_client(tmp_path / "data", default_shards=SUITE_SHARDS) as c:
         yield c
+
+
+@contextmanager
+def held_down(shard: Any, pid: int) -> Iterator[None]:
+    """SIGKILL shard actor process `pid`, and again each time Ray restarts the actor, until the block
+    ends: the shard stays down for as long as a test needs, however slow the machine (a single kill
+    is undone by Ray in ~2.5 s, and a loaded machine may not reach the shard in that time)."""
+    stop = threading.Event()
+    os.kill(pid, signal.SIGKILL)
+
+    def hold() -> None:
+        while not stop.is_set():
+            try:
+                again, _ = shard.ping(timeout=1)
+            except Exception:  # noqa: BLE001, S112 -- down, as wanted
+                continue
+            if not stop.is_set():
+                try:
+                    os.kill(again, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    keeper = threading.Thread(target=hold, name="held-down", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join(timeout=30)

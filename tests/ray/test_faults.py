@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.ray.conftest import ray_client
+from tests.ray.conftest import held_down, ray_client
 
 C = "/v1/collections"
 DIM = 8
@@ -59,22 +59,23 @@ def test_a_killed_shard_answers_503_and_loses_no_acknowledged_write_issue_13(ray
             while len(acked) < 5:
                 assert time.monotonic() < deadline and writer.is_alive(), refused
                 time.sleep(0.01)
-            os.kill(pid, signal.SIGKILL)
-            down_search = down_ready = None
-            deadline = time.monotonic() + 10
-            while (down_search is None or down_ready is None) and time.monotonic() < deadline:
-                if down_search is None:
-                    r = client.post(f"{C}/f/search", json={"vector": [0.0] * DIM, "k": 3})
-                    if r.status_code != 200:
-                        down_search = r
-                if down_ready is None:
-                    r = client.get("/readyz")
-                    if r.json()["shards"].get("f/shard-1") == "unavailable":
-                        down_ready = r
-            assert down_search is not None, "no search noticed the dead shard"
+            with held_down(victim, pid):
+                down_search = down_ready = None
+                deadline = time.monotonic() + 60
+                while down_search is None or down_ready is None or not refused:
+                    assert time.monotonic() < deadline, (down_search, down_ready, refused[-3:])
+                    if down_search is None:
+                        r = client.post(f"{C}/f/search", json={"vector": [0.0] * DIM, "k": 3})
+                        if r.status_code != 200:
+                            down_search = r
+                    if down_ready is None:
+                        r = client.get("/readyz")
+                        if r.json()["shards"].get("f/shard-1") == "unavailable":
+                            down_ready = r
+                    time.sleep(0.05)
             assert down_search.status_code == 503 and down_search.headers["retry-after"]
             assert "f/shard-1" in down_search.json()["detail"]
-            assert down_ready is not None and down_ready.status_code == 503
+            assert down_ready.status_code == 503
             # back: a new process, found by name, recovered from its own files
             deadline = time.monotonic() + 60
             while True:
