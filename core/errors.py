@@ -14,6 +14,10 @@ class InvalidInput(LogitsearchError, ValueError):
         super().__init__(f"{field}: {reason}")
         self.field, self.reason = field, reason
 
+    def __reduce__(self) -> tuple[type[InvalidInput], tuple[str, str]]:
+        # pickle would call cls(message): a shard actor's error must reach the coordinator whole (issue 13)
+        return type(self), (self.field, self.reason)
+
 
 class LimitExceeded(InvalidInput):
     """A batch, body, k or sample larger than the configured limit."""

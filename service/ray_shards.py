@@ -65,7 +65,10 @@ class ShardUnavailable(StorageError):
 
     def __init__(self, label: str, why: str) -> None:
         super().__init__(f"shard {label} is unavailable ({why}); Ray is restarting it, retry shortly")
-        self.label = label
+        self.label, self.why = label, why
+
+    def __reduce__(self) -> tuple[type[ShardUnavailable], tuple[str, str]]:
+        return type(self), (self.label, self.why)
 
 
 def bucket_of(ext: Ext) -> int:
@@ -386,6 +389,8 @@ def _translate(exc: BaseException, label: str) -> BaseException:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, LogitsearchError):
             return cause
+        if isinstance(cause, rx.UnserializableException):  # the shard raised what cannot travel: a bug
+            return exc
         if isinstance(cause, rx.RayError) and not isinstance(cause, rx.RayTaskError):
             return ShardUnavailable(label, type(cause).__name__)
         return exc
