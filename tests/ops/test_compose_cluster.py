@@ -147,9 +147,10 @@ def test_the_head_and_the_workers_run_ray_start_against_the_head(tmp_path):
 
 
 def test_a_node_refuses_to_start_without_ray_auth_token_and_says_where_to_set_it(tmp_path):
-    proc = _run_command(_nodes()[_head()], tmp_path, env={"RAY_AUTH_TOKEN": ""})
-    assert proc.returncode != 0 and proc.stdout == ""
-    assert "RAY_AUTH_TOKEN" in proc.stderr and ".env" in proc.stderr
+    for name, node in _nodes().items():
+        proc = _run_command(node, tmp_path / name, env={"RAY_AUTH_TOKEN": ""})
+        assert proc.returncode != 0 and proc.stdout == "", name  # `ray` never ran
+        assert "RAY_AUTH_TOKEN" in proc.stderr and ".env" in proc.stderr, name
     for name, s in _cluster().items():
         assert s["environment"]["RAY_AUTH_MODE"] == "token", name
         assert s["env_file"] == [{"path": ".env", "required": False}], name
@@ -246,3 +247,18 @@ def test_docker_compose_config_accepts_both_profiles(tmp_path):
                                "--services"], capture_output=True, text=True, timeout=60, env=env, check=False)
         assert proc.returncode == 0, proc.stderr
         assert set(proc.stdout.split()) == set(_services(PROFILE if args else None)), shlex.join(args)
+
+
+def test_docs_and_readme_name_the_clusters_service_addresses_and_volumes_as_compose_has_them():
+    docs = (REPO / "docs" / "scaling.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    service = _cluster()[API]
+    host_ip, host_port, _ = str(service["ports"][0]).split(":")
+    up = f"docker compose --profile {PROFILE} up -d --wait {API}"
+    for text in (docs, readme):
+        assert up in text and service["environment"]["LOGITSEARCH_RAY_ADDRESS"] in text
+        assert f"{host_ip}:{host_port}" in text and "RAY_AUTH_TOKEN" in text
+    for name, node in _nodes().items():
+        (volume, _), = _named_volumes(node)
+        assert name in docs and (volume in docs or name == _workers()[-1]), name
+    assert "--build-arg EXTRAS=ray" in docs and "--build-arg EXTRAS=ray" in readme
