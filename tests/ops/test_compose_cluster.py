@@ -143,6 +143,7 @@ def test_the_head_and_the_workers_run_ray_start_against_the_head(tmp_path):
         assert flags["address"] == f"{_head()}:{head['port']}", worker
     for name, s in _nodes().items():
         assert int(str(s["shm_size"]).rstrip("gb")) >= 1, name  # Ray's object store lives in /dev/shm
+        assert s["init"] is True, name  # `ray start --block` is PID 1 and reaps nothing itself
         assert _ray_start(name, tmp_path)["object-store-memory"].isdigit()
 
 
