@@ -3,9 +3,12 @@
 # (--stop-timeout: Docker's default 10 s covers the drain, LOGITSEARCH_DRAIN_SECONDS=5, and a small snapshot)
 # (or `docker compose up`, see docker-compose.yml). Both stages use the same base so the venv's
 # interpreter path (/usr/local/bin/python3.11) is valid in the final stage.
+# `--build-arg EXTRAS=ray` adds pyproject's optional dependencies of that name (Ray, for the compose
+# file's `cluster` profile and docs/scaling.md); empty, the default, builds the image without them.
 ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -15,7 +18,8 @@ WORKDIR /src
 # The build context is an allow-list (.dockerignore): pyproject.toml, README.md and the packages.
 COPY . .
 # The README's install, unchanged: the dependencies come from pyproject.toml and nowhere else.
-RUN pip install .
+# No EXTRAS: exactly `pip install .`; EXTRAS=ray: `pip install . ".[ray]"` (one install, with the extra).
+RUN pip install . ${EXTRAS:+".[$EXTRAS]"}
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \

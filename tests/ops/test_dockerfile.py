@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 import sysconfig
 import tomllib
@@ -44,10 +46,23 @@ def test_both_stages_use_one_python_3_11_slim_base_pinned_to_a_patch_release():
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-bookworm)?", base), base
 
 
+def _builder_install_argv(extras: str | None) -> list[str]:
+    """The argv the builder's `RUN pip install ...` runs with build arg EXTRAS (None: not passed), by the
+    shell Docker uses for a shell-form RUN, with `pip` replaced by a function that prints its argv."""
+    img = image()
+    defaults = {k: v.strip('"') for k, _, v in (a.partition("=") for a in img.builder("ARG"))}
+    runs = [r for r in img.builder("RUN") if r.lstrip().startswith("pip install")]
+    assert len(runs) == 1, img.builder("RUN")
+    env = {"PATH": os.environ["PATH"], "EXTRAS": defaults["EXTRAS"] if extras is None else extras}
+    proc = subprocess.run(["sh", "-c", 'pip() { printf "%s\\n" pip "$@"; }\n' + runs[0]], env=env,
+                          capture_output=True, text=True, timeout=30, check=True)
+    return proc.stdout.splitlines()
+
+
 def test_builder_runs_the_readmes_install_and_final_stage_copies_only_the_venv():
     install, _ = readme_install_and_entry_point()
     img = image()
-    assert install in img.builder("RUN")
+    assert _builder_install_argv(None) == _builder_install_argv("") == shlex.split(install)
     assert img.builder("ENV") and any("PIP_NO_CACHE_DIR=1" in v for v in img.builder("ENV"))
     copies = img.final("COPY")
     assert copies and all(c.startswith("--from=") for c in copies), copies
@@ -55,6 +70,15 @@ def test_builder_runs_the_readmes_install_and_final_stage_copies_only_the_venv()
     assert len(venv) == 1 and image().env["PATH"].startswith(f"{venv.pop()}/bin:")
     for run in img.final("RUN"):
         assert not _BUILD_TOOLS.search(run), run
+
+
+def test_build_arg_extras_adds_a_pyproject_extra_to_the_same_install():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "ray" in extras
+    assert _builder_install_argv("ray") == ["pip", "install", ".", ".[ray]"]
+    assert _builder_install_argv("ray,bench") == ["pip", "install", ".", ".[ray,bench]"]
+    # the build arg belongs to the builder: the final stage copies the venv and never installs
+    assert not any("EXTRAS" in v for v in image().final("RUN") + image().final("ARG"))
 
 
 def test_cmd_runs_the_readmes_entry_point_as_a_non_root_user():
