@@ -175,7 +175,7 @@ def _limit_threads(threads: int) -> None:
 #: CollectionShard methods the coordinator may call on an actor through `call`
 _SHARD_METHODS = frozenset({
     "status", "points", "settle", "snapshot", "configure", "index_payloads", "unindex_payloads", "matching",
-    "select", "query_vector", "search", "describe", "get_points", "payload_values", "indexed_ids", "rows"})
+    "select", "query_vector", "search", "searches", "describe", "get_points", "payload_values", "indexed_ids", "rows"})
 
 
 class ShardActor:
