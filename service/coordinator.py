@@ -1263,7 +1263,8 @@ class _Fanout:
     `fan(work)` starts every call of `work` (shard index -> [(actor method, args[, kwargs])]), then
     collects their results (shard index -> results in order). A shard that fails with a StorageError
     (down, restarting, not ready: a 503) raises it, unless the request allows a partial answer: then
-    it is left out of this and every later answer, and named by `missing()`."""
+    it is left out of this and every later answer, and named by `missing()`; so is a shard that has
+    not answered a partial request's calls within ray_shards.PARTIAL_WAIT seconds."""
 
     def __init__(self, member: _Member, partial: bool) -> None:
         self.shards, self.partial = member.shards, partial
@@ -1287,9 +1288,15 @@ class _Fanout:
             except StorageError as exc:
                 self.lost(j, exc)
         out: dict[int, list[Any]] = {}
+        deadline = None
+        if self.partial:  # the shards still silent then are left out (a restarting actor holds calls)
+            from service import ray_shards
+
+            deadline = time.monotonic() + ray_shards.PARTIAL_WAIT
         for j, refs in started.items():
             try:
-                out[j] = [self.shards[j].result(ref) for ref in refs]
+                out[j] = [self.shards[j].result(ref, None if deadline is None
+                                                else max(0.0, deadline - time.monotonic())) for ref in refs]
             except StorageError as exc:
                 self.lost(j, exc)
         return out
