@@ -213,10 +213,10 @@ def _title(pid: int) -> bytes:
 
 
 class _KeptDown:
-    """A shard actor's process SIGKILLed and kept down: Ray's restart of it is held in its
-    constructor (the restarted process, named by Ray's actor table and titled by Ray
-    `ray::ShardActor.__init__`, gets SIGSTOP; one that got as far as ALIVE is SIGKILLed again).
-    Meanwhile Ray shows the actor RESTARTING and calls to it wait. `release` lets it finish."""
+    """A shard actor's process SIGKILLed and kept down: Ray's restart of it is held (the restarted
+    process, named by Ray's actor table while it is RESTARTING and titled `ray::ShardActor...`,
+    gets SIGSTOP; one already ALIVE when seen is SIGKILLed again). Calls to it wait meanwhile.
+    `release` lets it go on (SIGCONT)."""
 
     def __init__(self, ray: Any, handle: Any, pid: int) -> None:
         self.ray, self.handle = ray, handle
@@ -243,9 +243,10 @@ class _KeptDown:
             time.sleep(0.005)
 
     def held(self) -> tuple[int, int] | None:
-        """(restarts, pid) while the restart is held in its constructor, else None."""
+        """(restarts, pid) while the restarted process is stopped, else None: in its constructor
+        (RESTARTING), or just after it, before Ray recorded it ALIVE (it answers no call either)."""
         st = _state(self.ray, self.handle)
-        return (st["NumRestarts"], st["Pid"]) if st["State"] == "RESTARTING" and st["Pid"] in self.stopped else None
+        return (st["NumRestarts"], st["Pid"]) if st["State"] != "DEAD" and st["Pid"] in self.stopped else None
 
     def release(self) -> None:
         self._stop.set()
