@@ -1135,7 +1135,6 @@ class Coordinator:
         merged k-th distance, and ask a second round (`stage="second"`, `within` the merged k-th) of
         the shards whose bound fails, for those queries only. A shard lost meanwhile (allow_partial)
         can only raise a merged k-th, so every part is judged again."""
-        shards = member.shards
         got = ask({j: [("call", ("search", gs))] for j, gs in first.items()})
         parts: dict[int, list[list[Hits]]] = {j: r[0] for j, r in got.items()}
         while True:
@@ -1149,13 +1148,15 @@ class Coordinator:
                 k = queries[ms[0]].k
                 for r, i in enumerate(ms):
                     mine = [parts[j][g][r] for j in live]
-                    tau = taus[g, r] = kth(merge_hits(mine, k), k)
-                    proven = []
+                    m = merge_hits(mine, k)
+                    tau = taus[g, r] = kth(m, k)
+                    hows = []
                     for j, h in zip(live, mine):
                         if h.bound is not None and not certifies(h.bound, tau):
                             again.setdefault(j, {}).setdefault(g, []).append(r)
-                        proven.append(dataclasses.replace(h, how="certified") if h.how == "unproven" else h)
-                    merged[i] = merge_hits(proven, k)
+                        hows.append("certified" if h.how == "unproven" else h.how)
+                    # read only once `again` is empty: every unproven part was proven by the merge
+                    merged[i] = dataclasses.replace(m, how=max(hows, key=_HOW_ORDER.index))
             if again:
                 work = {}
                 for j, by_group in again.items():
@@ -1260,7 +1261,7 @@ class Coordinator:
 class _Fanout:
     """Calls to the shards of one sharded request, and the shards it has lost.
 
-    `fan(work)` starts every call of `work` (shard index -> [(actor method, args[, kwargs])]), then
+    Called with `work`, it starts every call of it (shard index -> [(actor method, args[, kwargs])]), then
     collects their results (shard index -> results in order). A shard that fails with a StorageError
     (down, restarting, not ready: a 503) raises it, unless the request allows a partial answer: then
     it is left out of this and every later answer, and named by `missing()`; so is a shard that has
