@@ -10,6 +10,12 @@
   rebuilt from the table once they exceed `TOMBSTONE_FRACTION`. IVF trains once
   `IVF_POINTS_PER_LIST` * nlist points exist and answers by exact scan until then.
 
+Parts of a merge (issue 13): a collection split into shards asks each shard `search(..., stage="first")`:
+one certificate attempt at k' and no fallback, so a query whose certificate fails locally comes back
+"unproven" with its top k among the candidates and `Hits.bound`. The caller merges the parts and judges
+each bound against the merged k-th distance (`certifies`); only the parts it does not prove are asked
+again with `stage="second"` and `within` (8 k', then the scan), proven against min(own k-th, within).
+
 Filtered search (issue 15): `search(..., allowed=ids)` answers over the rows of those ids only.
 At most FILTER_SCAN_ROWS matching rows are scanned exactly (float64), whatever the index. Above it, flat
 indexes take FAISS candidates from the matching rows alone (gathered a block at a time), or, when they
@@ -57,7 +63,8 @@ from indexes.table import Table
 
 IndexMetric = Literal[INDEXABLE]  # type: ignore[valid-type]  # core.metrics owns the vocabulary
 Kind = Literal["flat", "hnsw", "ivf"]
-How = Literal["certified", "scanned", "approximate"]
+How = Literal["certified", "scanned", "approximate", "unproven"]
+Stage = Literal["all", "first", "second"]
 Ids = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -163,7 +170,9 @@ class Hits:
 
     distances are in the metric's own units, smaller is nearer, always exact float64 values:
     squared L2 (euc), 1 - cos (cos), TRI eq. 5 (tri), CED in nats (ced). how: "certified" (flat,
-    exactness proved from the candidates), "scanned" (exact pass over all rows), "approximate".
+    exactness proved from the candidates), "scanned" (exact pass over all rows), "approximate";
+    "unproven" only from `IndexSet.search(..., stage="first")`: the top k of the candidates, for the
+    caller to judge by `bound`.
     """
 
     ids: Ids
@@ -171,6 +180,23 @@ class Hits:
     how: How
     #: with a filter: how many stored rows it matched (the rows searched)
     matched: int | None = None
+    #: exact answers only: a proven lower bound on the exact distance of every row searched and not
+    #: among the candidates (exact.lower_bound; inf after a scan, when no row was left out); None for
+    #: approximate answers. A merge judges it against its own k-th distance (`certifies`).
+    bound: float | None = None
+
+
+def certifies(bound: Any, kth: Any) -> npt.NDArray[np.bool_]:
+    """Whether `bound` (Hits.bound: no row left out of a top k is nearer) proves that top k exact
+    within a merged answer whose k-th distance is `kth` (inf when it has fewer than k).
+
+    Strict: a row left out at exactly `kth` could tie with the k-th and win by its smaller id. A
+    bound of inf (nothing was left out) proves any top k; None (approximate) proves none.
+    """
+    if bound is None:
+        return np.zeros(np.shape(kth), dtype=bool)
+    b = np.asarray(bound, dtype=np.float64)
+    return np.asarray(np.isposinf(b) | (b > np.asarray(kth, dtype=np.float64)))
 
 
 class RWLock:
@@ -918,7 +944,8 @@ class IndexSet:
 
     def search(self, spec: IndexSpec | str, Q: Any, k: int, *, exact: bool = False,
                exclude: Sequence[int | None] | None = None, allowed: Any = None,
-               temperature: float | None = None, kind: Kind | None = None) -> list[Hits]:
+               temperature: float | None = None, kind: Kind | None = None, stage: Stage = "all",
+               within: Sequence[float] | None = None) -> list[Hits]:
         """The k nearest stored rows of each query (rows of Q) by the index `spec` (an IndexSpec or its
         key), as one Hits per query; NotFound naming the key and the keys present when there is none.
 
@@ -926,14 +953,24 @@ class IndexSet:
         (ids; unknown ones are ignored) only those rows are searched and `Hits.matched` says how many
         there were. Compatibility: a metric name as `spec`, with `temperature` and `kind`, is resolved
         as `find` resolves it.
+
+        A flat index certifies from k' candidates, then 8 k', then scans (`stage="all"`). When this
+        set is one part of a merge (issue 13, module docstring): `stage="first"` makes the k' attempt
+        only, and answers a query it cannot certify "unproven" (its top k of the candidates, with
+        `Hits.bound`); `stage="second"` makes the 8 k' attempt and then scans, and `within[i]` (an
+        upper bound on query i's merged k-th distance) lets it certify against min(own k-th,
+        within[i]). Other kinds answer as always, whatever the stage.
         """
         k = check_k(k)
+        if stage not in ("all", "first", "second"):
+            raise InvalidInput("stage", f"unknown stage {stage!r}; known: all, first, second")
         with self._rw.read():
             ix = self._index(spec, temperature, kind)
             A = as_rows(Q, "query", self.dim)
             QQ = np.asarray(A, dtype=np.float64)
             m = QQ.shape[0]
             excl = self._exclude(exclude, m)
+            cap = self._within(within, m)
             n = self._table.n
             rows = None
             if allowed is not None:
@@ -941,16 +978,26 @@ class IndexSet:
                 rows = np.unique(pos[pos >= 0])
                 n = rows.size
             if n == 0:
-                return [Hits(np.empty(0, np.int64), np.empty(0), "scanned", None if rows is None else 0)
+                return [Hits(np.empty(0, np.int64), np.empty(0), "scanned", None if rows is None else 0, math.inf)
                         for _ in range(m)]
             qs = embed.queries(ix.spec.metric, ix.spec.temperature, QQ)
             if rows is not None:
-                return [dataclasses.replace(h, matched=n) for h in self._filtered(ix, qs, k, excl, rows, exact)]
+                return [dataclasses.replace(h, matched=n)
+                        for h in self._filtered(ix, qs, k, excl, rows, exact, stage, cap)]
             if isinstance(ix, FlatIndex):
-                return self._flat(ix, qs, k, excl)
+                return self._flat(ix, qs, k, excl, None, stage, cap)
             if exact or not ix.ready() or _wants_most(ix.spec.metric, k, n):
                 return self._scan(ix, qs, k, excl, np.arange(m))
             return self._complete(ix, qs, k, excl, self._approximate(ix, qs, k, excl))
+
+    @staticmethod
+    def _within(within: Sequence[float] | None, m: int) -> F64:
+        if within is None:
+            return np.full(m, np.inf)
+        cap = np.asarray(within, dtype=np.float64)
+        if cap.shape != (m,) or np.isnan(cap).any():
+            raise InvalidInput("within", f"needs one number per query ({m}), got {cap.shape}")
+        return cap
 
     @staticmethod
     def _exclude(exclude: Sequence[int | None] | None, m: int) -> Ids | None:
@@ -965,13 +1012,13 @@ class IndexSet:
         return out
 
     def _filtered(self, ix: MetricIndex, qs: embed.Queries, k: int, excl: Ids | None, rows: Ids,
-                  exact: bool) -> list[Hits]:
+                  exact: bool, stage: Stage = "all", cap: F64 | None = None) -> list[Hits]:
         """Over the table rows `rows` (sorted, non-empty) only."""
         everyone = np.arange(qs.exact.shape[0])
         if rows.size <= FILTER_SCAN_ROWS:
             return self._scan(ix, qs, k, excl, everyone, rows)
         if isinstance(ix, FlatIndex):
-            return self._flat(ix, qs, k, excl, rows)
+            return self._flat(ix, qs, k, excl, rows, stage, cap)
         if exact or not ix.ready():
             return self._scan(ix, qs, k, excl, everyone, rows)
         return self._approximate(ix, qs, k, excl, rows)
@@ -982,7 +1029,7 @@ class IndexSet:
         ids = t.ids if rows is None else t.ids[rows]
         found, dist = exact.scan(ix.spec.metric, ix.spec.temperature, qs.exact[which], t.rows, ids, k,
                                  None if excl is None else excl[which], rows)
-        return [Hits(i, d, "scanned") for i, d in zip(found, dist)]
+        return [Hits(i, d, "scanned", bound=math.inf) for i, d in zip(found, dist)]
 
     def _rerank(self, ix: MetricIndex, qs: embed.Queries, pos: Ids, excl: Ids | None,
                 k: int) -> tuple[list[Ids], list[F64], F64]:
@@ -996,32 +1043,37 @@ class IndexSet:
         return top_ids, top_d, tau
 
     def _flat(self, ix: FlatIndex, qs: embed.Queries, k: int, excl: Ids | None,
-              rows: Ids | None = None) -> list[Hits]:
+              rows: Ids | None = None, stage: Stage = "all", cap: F64 | None = None) -> list[Hits]:
         """Certify from FAISS candidates (k' from `_kprime`, then 8 k' for the rest), else scan;
-        over the table rows `rows` only when given."""
+        over the table rows `rows` only when given; `stage` and `cap` (per query, `within`) as
+        `search` says."""
         n, m = self._table.n if rows is None else rows.size, qs.exact.shape[0]
         hits: list[Hits | None] = [None] * m
         todo = np.arange(m)
         kp = _kprime(k + (excl is not None))
+        attempts = {"all": (kp, 8 * kp), "first": (kp,), "second": (8 * kp,)}[stage]
+        cap = np.full(m, np.inf) if cap is None else cap
         inside = None
         if rows is not None and rows.size >= FILTER_GATHER_BELOW * self._table.n:
             inside = np.zeros(self._table.n, dtype=bool)
             inside[rows] = True
-        for _ in range(2):
+        for kp in attempts:
             if kp >= n or not todo.size:
                 break
-            done = self._certify(ix, qs, k, excl, todo, kp, rows, inside)
+            done = self._certify(ix, qs, k, excl, todo, kp, rows, inside, cap[todo], stage == "first")
             for r, h in zip(todo, done):
                 hits[r] = h
             todo = todo[[h is None for h in done]]
-            kp *= 8
         if todo.size:
             for r, h in zip(todo, self._scan(ix, qs, k, excl, todo, rows)):
                 hits[r] = h
         return [h for h in hits if h is not None]
 
     def _certify(self, ix: FlatIndex, qs: embed.Queries, k: int, excl: Ids | None, which: Ids,
-                 kp: int, rows: Ids | None = None, inside: npt.NDArray[np.bool_] | None = None) -> list[Hits | None]:
+                 kp: int, rows: Ids | None = None, inside: npt.NDArray[np.bool_] | None = None,
+                 cap: F64 | None = None, keep: bool = False) -> list[Hits | None]:
+        """The queries `which` certified from kp candidates against min(own k-th, cap); the others
+        None, or with `keep` "unproven" with their bound."""
         sub = embed.Queries(qs.vectors[which], qs.exact[which], qs.norm[which], qs.pmin[which], qs.pmax[which])
         if inside is not None and rows is not None:
             # candidates from every row, the matching ones kept: a matching row outside them still has
@@ -1036,8 +1088,13 @@ class IndexSet:
         if ix.spec.metric == "tri":
             c = exact.contraction(np.minimum(sub.pmin, ix.stats.pmin), np.maximum(sub.pmax, ix.stats.pmax))
         bound = exact.lower_bound(ix.spec.metric, ix.width, D[:, -1], sub.norm, ix.stats.norm, c)
-        ok = (bound > tau) & np.array([len(d) == k for d in top_d])
-        return [Hits(top_ids[r], top_d[r], "certified") if ok[r] else None for r in range(len(which))]
+        bound = np.where(np.isfinite(bound), bound, -np.inf)  # a padded k'-th value proves nothing
+        # fewer than k found: an unseen row would belong, unless the merge's k-th is nearer (cap)
+        kth = np.where([len(d) == k for d in top_d], tau, np.inf)
+        ok = certifies(bound, np.minimum(kth, np.inf if cap is None else cap))
+        return [Hits(top_ids[r], top_d[r], "certified", bound=float(bound[r])) if ok[r]
+                else Hits(top_ids[r], top_d[r], "unproven", bound=float(bound[r])) if keep else None
+                for r in range(len(which))]
 
     def _complete(self, ix: MetricIndex, qs: embed.Queries, k: int, excl: Ids | None,
                   hits: list[Hits]) -> list[Hits]:

@@ -7,7 +7,14 @@ owns its points, indexes, applier, snapshots and id map; this module owns neithe
 A collection has one in-process shard (the default), or `shards: n` Ray actors (issue 13,
 service/ray_shards.py): writes are routed by a hash of each id and go in two phases (prepare on
 every touched shard, commit in the catalog, publish), reads fan out to every shard in parallel and
-merge, and any shard that does not answer makes the request a 503 naming it, never a partial answer.
+merge, and any shard that does not answer makes the request a 503 naming it, never a silently
+partial answer (a search with `allow_partial` answers from the live shards, and says which are missing).
+
+A sharded search judges exactness globally (issue 13): each shard answers its own top k from one
+certificate attempt (`stage="first"`), with the bound of what it left out (`Hits.bound`); the
+coordinator merges them and judges every bound against the merged k-th distance
+(`indexes.knn.certifies`), and asks again (`stage="second"`: a larger k', then a scan) only the shards
+whose bound fails. A shard whose own certificate failed is spared when the merged k-th is nearer.
 
 Writes to a collection are serialised here, by its write lock, held across the shard's commit and
 the catalog's record of it: the catalog's sequence and the shard's state move together.
@@ -37,7 +44,7 @@ from core.errors import Conflict, InvalidInput, LimitExceeded, NotFound, Storage
 from core.metrics import INDEXABLE, TEMPERED
 from core.validate import check_temperature
 from indexes.exact import topk
-from indexes.knn import KINDS, Hits, IndexSet, IndexSpec
+from indexes.knn import KINDS, Hits, IndexSet, IndexSpec, certifies
 from service import filters
 from service.catalog import Catalog, CollectionConfig, Entry, IndexState, IndexStatus, check_name
 from service.settings import Settings
@@ -159,6 +166,8 @@ class SearchResult:
     vectors: list[F32 | None] | None = None
     #: with a filter: the searchable points it matched
     matched: int | None = None
+    #: a partial answer (`allow_partial`): the shards that did not answer; their points are not in it
+    missing: tuple[str, ...] = ()
 
     @property
     def hits(self) -> list[Hit]:
@@ -167,8 +176,8 @@ class SearchResult:
                                      self.vectors or [None] * n)]
 
 
-#: how a merged answer was found: the weakest of its parts'
-_HOW_ORDER = ("certified", "scanned", "approximate")
+#: how a merged answer was found: the weakest of its parts' ("unproven" only before they are judged)
+_HOW_ORDER = ("certified", "scanned", "approximate", "unproven")
 
 
 def merge_hits(parts: Sequence[Hits], k: int) -> Hits:
@@ -176,9 +185,9 @@ def merge_hits(parts: Sequence[Hits], k: int) -> Hits:
 
     Ties at equal distance go to the smaller internal id, as within one index (indexes.exact.topk),
     so a split collection answers as the whole one does. `how` is the weakest of the parts'
-    (approximate > scanned > certified); `matched` sums. A TRI certificate proved per shard holds for
-    the merge, since each shard's top-k is exact for its rows; issue 13 judges it against the merged
-    k-th distance instead, to spare the shards whose bound already holds."""
+    (approximate > scanned > certified); `matched` sums. The parts are judged first
+    (`Coordinator._sharded_search`): a certificate holds for the merge when its bound beats the
+    merged k-th distance (`kth`), which is at most any part's own."""
     if len(parts) == 1:
         return parts[0]
     width = max(1, max(p.ids.size for p in parts))
@@ -191,6 +200,12 @@ def merge_hits(parts: Sequence[Hits], k: int) -> Hits:
     how = max((p.how for p in parts), key=_HOW_ORDER.index)
     matched = None if all(p.matched is None for p in parts) else sum(p.matched or 0 for p in parts)
     return Hits(ids[0], dists[0], how, matched)  # type: ignore[arg-type]
+
+
+def kth(hits: Hits, k: int) -> float:
+    """The k-th distance of a merged answer; inf when it has fewer than k hits (then any row left
+    out of a part could belong)."""
+    return float(hits.distances[k - 1]) if hits.distances.size >= k else math.inf
 
 
 @dataclass(eq=False)
@@ -207,6 +222,8 @@ class _Member:
     down: str | None = None
     #: sharded writes since commit records were last pruned
     writes: int = 0
+    #: while `suspect`: the shards a partial heal could not reach (a partial search leaves them out)
+    unresolved: frozenset[int] = frozenset()
 
     @property
     def shard(self) -> CollectionShard:
@@ -373,7 +390,9 @@ class Coordinator:
 
     # --- lookup ----------------------------------------------------------------------------------
 
-    def _member(self, name: str) -> tuple[Entry, _Member]:
+    def _member(self, name: str, *, partial: bool = False) -> tuple[Entry, _Member]:
+        """With `partial`, a heal that cannot reach a shard resolves the others and leaves the
+        unreached ones in `member.unresolved` (a partial search leaves them out)."""
         member = self._members.get(name)
         entry = self.catalog.find(name)
         if member is None or entry is None:
@@ -381,13 +400,13 @@ class Coordinator:
         if member.down is not None:
             raise StorageError(member.down)
         if member.suspect:
-            self._heal(name, member)
+            self._heal(name, member, partial=partial)
         if not all(s.wait_loaded(LOAD_WAIT) for s in member.shards):
             raise StorageError(f"collection {name!r} is still loading; retry shortly")
         return entry, member
 
-    def _ready(self, name: str) -> tuple[Entry, _Member]:
-        entry, member = self._member(name)
+    def _ready(self, name: str, *, partial: bool = False) -> tuple[Entry, _Member]:
+        entry, member = self._member(name, partial=partial)
         for shard in member.shards:
             shard.ready()
         return entry, member
@@ -789,23 +808,36 @@ class Coordinator:
         status = "rebuilding" if any(st == "rebuilding" for _, st in outs) else "completed"
         return WriteResult(seq, status, count)  # type: ignore[arg-type]
 
-    def _heal(self, name: str, member: _Member) -> None:
+    def _heal(self, name: str, member: _Member, *, partial: bool = False) -> None:
         """Publish the prepared writes the catalog committed and drop the others, on every shard
-        (after a crash or a failed write); 503 while a shard is still down."""
+        (after a crash or a failed write); 503 while a shard is still down. With `partial`, the
+        shards that answer are resolved and the others are left in `member.unresolved`."""
         with member.lock:
-            self._heal_locked(name, member)
+            self._heal_locked(name, member, partial=partial)
 
-    def _heal_locked(self, name: str, member: _Member) -> None:
-        """`_heal` with the collection's write lock held."""
+    def _heal_locked(self, name: str, member: _Member, *, partial: bool = False) -> None:
+        """`_heal` with the collection's write lock held (no write is between prepare and publish,
+        so a shard may be resolved without the others)."""
         from service.ray_shards import gather
 
-        if member.suspect:
-            entry = self.catalog.get(name)
+        if not member.suspect:
+            return
+        entry = self.catalog.get(name)
+        if not partial:
             held = gather([(s, s.submit("prepared_tokens")) for s in member.shards])
             gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)]))
                     for s, tokens in zip(member.shards, held)])
-            self.catalog.forget_commits(entry.cid)
-            member.suspect = False
+        else:
+            ask = _Fanout(member, partial=True)
+            held = ask({j: [("prepared_tokens", ())] for j in ask.live})
+            done = ask({j: [("resolve", ([t for t in tokens if self.catalog.is_committed(entry.cid, t)],))]
+                        for j, (tokens,) in held.items()})
+            member.unresolved = frozenset(range(len(member.shards))) - set(done)
+            if member.unresolved:
+                return
+        self.catalog.forget_commits(entry.cid)
+        member.unresolved = frozenset()
+        member.suspect = False
 
     @staticmethod
     def _finish(shard: CollectionShard, result: WriteResult, wait: bool) -> WriteResult:
@@ -1049,10 +1081,14 @@ class Coordinator:
 
     # --- search ----------------------------------------------------------------------------------
 
-    def search(self, name: str, queries: Sequence[Query]) -> list[SearchResult]:
+    def search(self, name: str, queries: Sequence[Query], *, allow_partial: bool = False) -> list[SearchResult]:
         """Answer each query; queries with the same index, k, exactness and filter go to the shards
-        together, each shard answers its own top-k, and the coordinator merges them."""
-        entry, member = self._ready(name)
+        together, each shard answers its own top-k, and the coordinator merges them.
+
+        A shard that does not answer makes the request a 503 naming it; with `allow_partial` the
+        answer is the merge of the shards that did (each result's `missing` names the others; 503 only
+        when none did, or when an id query's own shard is down). An unsharded collection ignores it."""
+        entry, member = self._ready(name, partial=allow_partial)
         if not queries:
             return []
         shards = member.shards
@@ -1070,31 +1106,78 @@ class Coordinator:
                     for (_, k, exact, flt), ms in zip(keys, members)]
 
         with self._search_slots:
-            per_shard = []
             started = time.perf_counter()
-            if member.remote:  # every shard at once: its filters resolved, then its own top-k of each group
-                from service.ray_shards import gather
-
+            if member.remote:
+                ask = _Fanout(member, allow_partial)
                 fl = list(flts)
-                sets = gather([(sh, sh.submit("call", "matching", f)) for sh in shards for f in fl])
-                per_shard = gather([(sh, sh.submit("call", "search", groups(dict(zip(fl, sets[j * len(fl):])))))
-                                    for j, sh in enumerate(shards)])
-            else:
-                for shard in shards:
-                    # each distinct filter resolved once, from the payload index
-                    per_shard.append(shard.search(groups({f: shard.matching(f) for f in flts})))
+                for j in member.unresolved if member.suspect else ():
+                    ask.lost(j, StorageError(f"shard {shards[j].label} has writes to resolve"))
+                sets = ask({j: [("call", ("matching", f)) for f in fl] for j in ask.live})
+                first = {j: [dataclasses.replace(g, stage="first") for g in groups(dict(zip(fl, got)))]
+                         for j, got in sets.items()}
+                answers, described = self._sharded_search(member, queries, members, first, ask)
+                seconds = time.perf_counter() - started
+                return self._results(member, queries, plans, answers, seconds, described, ask.missing())
+            # each distinct filter resolved once, from the payload index
+            per_shard = [shard.search(groups({f: shard.matching(f) for f in flts})) for shard in shards]
             seconds = time.perf_counter() - started
-        answers: list[Hits | None] = [None] * len(queries)
-        owners: dict[int, int] = {}
+        answers_: list[Hits | None] = [None] * len(queries)
         for g, ms in enumerate(members):
-            k = queries[ms[0]].k
             for j, i in enumerate(ms):
-                parts = [part[g][j] for part in per_shard]
-                answers[i] = merge_hits(parts, k)
-                if member.remote:
-                    for o, h in enumerate(parts):
-                        owners.update(dict.fromkeys(h.ids.tolist(), o))
-        return self._results(member, queries, plans, answers, seconds, owners)
+                answers_[i] = merge_hits([part[g][j] for part in per_shard], queries[ms[0]].k)
+        return self._results(member, queries, plans, answers_, seconds)
+
+    def _sharded_search(self, member: _Member, queries: Sequence[Query], members: list[list[int]],
+                        first: dict[int, list[SearchGroup]], ask: _Fanout
+                        ) -> tuple[list[Hits | None], Described]:
+        """The merged answers of a sharded search, judged globally, and their winners described.
+
+        Round one: every shard its own top k from one certificate attempt (`first`, one group list per
+        live shard). Then, until every part is proven: merge, judge each part's bound against the
+        merged k-th distance, and ask a second round (`stage="second"`, `within` the merged k-th) of
+        the shards whose bound fails, for those queries only. A shard lost meanwhile (allow_partial)
+        can only raise a merged k-th, so every part is judged again."""
+        got = ask({j: [("call", ("search", gs))] for j, gs in first.items()})
+        parts: dict[int, list[list[Hits]]] = {j: r[0] for j, r in got.items()}
+        while True:
+            if not ask.live:
+                raise ask.nobody()
+            live = [j for j in ask.live if j in parts]
+            merged: list[Hits | None] = [None] * len(queries)
+            again: dict[int, dict[int, list[int]]] = {}  # shard -> group -> positions in the group
+            taus: dict[tuple[int, int], float] = {}
+            for g, ms in enumerate(members):
+                k = queries[ms[0]].k
+                for r, i in enumerate(ms):
+                    mine = [parts[j][g][r] for j in live]
+                    m = merge_hits(mine, k)
+                    tau = taus[g, r] = kth(m, k)
+                    hows = []
+                    for j, h in zip(live, mine):
+                        if h.bound is not None and not certifies(h.bound, tau):
+                            again.setdefault(j, {}).setdefault(g, []).append(r)
+                        hows.append("certified" if h.how == "unproven" else h.how)
+                    # read only once `again` is empty: every unproven part was proven by the merge
+                    merged[i] = dataclasses.replace(m, how=max(hows, key=_HOW_ORDER.index))
+            if again:
+                work = {}
+                for j, by_group in again.items():
+                    work[j] = [("call", ("search", [
+                        dataclasses.replace(first[j][g], Q=first[j][g].Q[rs], exclude=[first[j][g].exclude[r] for r in rs],
+                                            stage="second", within=np.array([taus[g, r] for r in rs]))
+                        for g, rs in by_group.items()]))]
+                for j, (answer,) in ask(work).items():
+                    for (g, rs), hits in zip(again[j].items(), answer):
+                        for r, h in zip(rs, hits):
+                            parts[j][g][r] = h
+                continue
+            owners = {int(i): j for j in live for per_group in parts[j] for hs in per_group for i in hs.ids.tolist()}
+            winners = sorted({int(i) for h in merged if h is not None for i in h.ids.tolist()})
+            described = self._describe(member, winners, owners, ask, vector=any(q.with_vector for q in queries),
+                                       payload=any(q.with_payload for q in queries))
+            if described is not None:
+                return merged, described
+            # a winner's shard was lost (allow_partial): merged again without it
 
     def _plan(self, entry: Entry, member: _Member, q: Query, prefix: str,
               picked: dict[tuple[Any, Any, Any], IndexSpec]) -> tuple[IndexSpec, npt.NDArray[np.float64], int | None]:
@@ -1122,14 +1205,17 @@ class Coordinator:
         return spec, vector, exclude
 
     def _results(self, member: _Member, queries: Sequence[Query], plans: list[tuple[IndexSpec, Any, int | None]],
-                 answers: list[Hits | None], seconds: float, owners: dict[int, int]) -> list[SearchResult]:
-        """Hydrate the winners only: their external ids, and payloads/vectors where asked for."""
+                 answers: list[Hits | None], seconds: float, described: Described | None = None,
+                 missing: tuple[str, ...] = ()) -> list[SearchResult]:
+        """Hydrate the winners only: their external ids, and payloads/vectors where asked for (a
+        sharded search has `described` them already, in the order of their sorted internal ids)."""
         if any(a is None for a in answers):  # cannot happen: every query is in one group
             raise StorageError("search lost a query")
         hits = [a for a in answers if a is not None]
         winners = sorted({int(i) for h in hits for i in h.ids.tolist()})
-        described = self._describe(member, winners, owners, vector=any(q.with_vector for q in queries),
-                                   payload=any(q.with_payload for q in queries))
+        if described is None:
+            described = member.shard.describe(winners, vector=any(q.with_vector for q in queries),
+                                              payload=any(q.with_payload for q in queries))
         at = {iid: r for r, iid in enumerate(winners)}
         out = []
         for q, (spec, _, _), h in zip(queries, plans, hits):
@@ -1144,29 +1230,27 @@ class Coordinator:
             vectors = [described.vectors[r] for r in rows] if q.with_vector and described.vectors is not None \
                 else None
             out.append(SearchResult(spec.metric, spec.temperature, spec.key, spec.kind, h.how, q.k, exts, dists,
-                                    seconds, payloads, vectors, h.matched))
+                                    seconds, payloads, vectors, h.matched, missing))
         return out
 
 
     @staticmethod
-    def _describe(member: _Member, winners: list[int], owners: dict[int, int], *, vector: bool,
-                  payload: bool) -> Described:
-        """The winners' external ids (and payloads/vectors when asked), each from its owning shard."""
-        if not member.remote:
-            d: Described = member.shard.describe(winners, vector=vector, payload=payload)
-            return d
-        from service.ray_shards import gather
-
-        mine: list[list[int]] = [[] for _ in member.shards]
+    def _describe(member: _Member, winners: list[int], owners: dict[int, int], ask: _Fanout, *, vector: bool,
+                  payload: bool) -> Described | None:
+        """The winners' external ids (and payloads/vectors when asked), each from its owning shard
+        (`owners`: internal id -> shard); None when `ask` lost one of those shards (allow_partial)."""
+        mine: dict[int, list[int]] = {}
         for r, iid in enumerate(winners):
-            mine[owners[iid]].append(r)
-        calls = [(member.shards[j], member.shards[j].submit("call", "describe", [winners[r] for r in rows],
-                                                            vector=vector, payload=payload))
-                 for j, rows in enumerate(mine) if rows]
+            mine.setdefault(owners[iid], []).append(r)
+        told = ask({j: [("call", ("describe", [winners[r] for r in rows]), {"vector": vector, "payload": payload})]
+                    for j, rows in mine.items()})
+        if len(told) < len(mine):
+            return None
         exts: list[Ext | None] = [None] * len(winners)
         pays: list[dict[str, Any] | None] | None = [None] * len(winners) if payload else None
         vecs: list[F32 | None] | None = [None] * len(winners) if vector else None
-        for rows, part in zip([r for r in mine if r], gather(calls)):
+        for j, rows in mine.items():
+            part: Described = told[j][0]
             for t, r in enumerate(rows):
                 exts[r] = part.exts[t]
                 if pays is not None and part.payloads is not None:
@@ -1174,6 +1258,59 @@ class Coordinator:
                 if vecs is not None and part.vectors is not None:
                     vecs[r] = part.vectors[t]
         return Described(exts, pays, vecs)
+
+
+class _Fanout:
+    """Calls to the shards of one sharded request, and the shards it has lost.
+
+    Called with `work`, it starts every call of it (shard index -> [(actor method, args[, kwargs])]), then
+    collects their results (shard index -> results in order). A shard that fails with a StorageError
+    (down, restarting, not ready: a 503) raises it, unless the request allows a partial answer: then
+    it is left out of this and every later answer, and named by `missing()`; so is a shard that has
+    not answered a partial request's calls within ray_shards.PARTIAL_WAIT seconds."""
+
+    def __init__(self, member: _Member, partial: bool) -> None:
+        self.shards, self.partial = member.shards, partial
+        self.live = list(range(len(member.shards)))
+        self._lost: dict[int, StorageError] = {}
+
+    def lost(self, j: int, exc: StorageError) -> None:
+        if not self.partial:
+            raise exc
+        if j in self.live:
+            self.live.remove(j)
+            self._lost[j] = exc
+
+    def __call__(self, work: dict[int, list[tuple[Any, ...]]]) -> dict[int, list[Any]]:
+        started: dict[int, list[Any]] = {}
+        for j, calls in work.items():
+            if j not in self.live:
+                continue
+            try:
+                started[j] = [self.shards[j].submit(c[0], *c[1], **(c[2] if len(c) > 2 else {})) for c in calls]
+            except StorageError as exc:
+                self.lost(j, exc)
+        out: dict[int, list[Any]] = {}
+        deadline = None
+        if self.partial:  # the shards still silent then are left out (a restarting actor holds calls)
+            from service import ray_shards
+
+            deadline = time.monotonic() + ray_shards.PARTIAL_WAIT
+        for j, refs in started.items():
+            try:
+                out[j] = [self.shards[j].result(ref, None if deadline is None
+                                                else max(0.0, deadline - time.monotonic())) for ref in refs]
+            except StorageError as exc:
+                self.lost(j, exc)
+        return out
+
+    def missing(self) -> tuple[str, ...]:
+        """The labels of the shards lost, in shard order."""
+        return tuple(self.shards[j].label for j in sorted(self._lost))
+
+    def nobody(self) -> StorageError:
+        """The error of a request that lost every shard: the first shard's."""
+        return self._lost[min(self._lost)]
 
 
 def _bulk_rows(chunks: Iterable[F32], ids: Iterable[Ext], payloads: Sequence[str | None] | None

@@ -52,8 +52,12 @@ NAMESPACE = "logitsearch"
 LOCAL_OBJECT_STORE = 512 * 1024**2
 #: threads per shard actor for concurrent calls (searches, a waiting write, status)
 ACTOR_CONCURRENCY = 16
-#: seconds a call waits for a shard before answering 503
+#: seconds a call waits for a shard before answering 503 (calls to an actor Ray is restarting wait
+#: for the restart; read at each call)
 CALL_TIMEOUT = 120.0
+#: seconds a search with allow_partial waits for its shards before it answers without those still
+#: silent (a restarting one, or one slower than this), flagged
+PARTIAL_WAIT = 5.0
 #: seconds a status call waits (readiness, GET of a collection)
 STATUS_TIMEOUT = 5.0
 #: seconds a committed write keeps retrying its publish on a restarting shard before answering 503
@@ -178,7 +182,7 @@ def _limit_threads(threads: int) -> None:
 #: CollectionShard methods the coordinator may call on an actor through `call`
 _SHARD_METHODS = frozenset({
     "status", "points", "settle", "snapshot", "configure", "index_payloads", "unindex_payloads", "matching",
-    "select", "query_vector", "search", "describe", "get_points", "payload_values", "indexed_ids", "rows"})
+    "select", "query_vector", "search", "searches", "describe", "get_points", "payload_values", "indexed_ids", "rows"})
 
 
 class ShardActor:
@@ -416,15 +420,16 @@ class RemoteShard:
         except Exception as exc:
             raise _translate(exc, self.label) from exc
 
-    def result(self, ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    def result(self, ref: Any, timeout: float | None = None) -> Any:
+        """The call's result, waiting at most `timeout` seconds (CALL_TIMEOUT when None)."""
         import ray
 
         try:
-            return ray.get(ref, timeout=timeout)
+            return ray.get(ref, timeout=CALL_TIMEOUT if timeout is None else timeout)
         except Exception as exc:
             raise _translate(exc, self.label) from exc
 
-    def _call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         return self.result(self.submit(method, *args, **kwargs), timeout)
 
     def _shard(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -483,7 +488,7 @@ class RemoteShard:
             log.debug("shard actor already gone", extra={"fields": {"shard": self.label, "reason": str(exc)}})
 
 
-def gather(calls: Sequence[tuple[RemoteShard, Any]], timeout: float = CALL_TIMEOUT) -> list[Any]:
+def gather(calls: Sequence[tuple[RemoteShard, Any]], timeout: float | None = None) -> list[Any]:
     """The results of calls started on several shards, in order; the first failure raises (a
     ShardUnavailable names its shard), never a partial list."""
     return [shard.result(ref, timeout) for shard, ref in calls]

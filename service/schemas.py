@@ -226,6 +226,10 @@ class SearchIn(_In):
     filter: FilterIn | None = Field(None, description="search only the points it matches; exact on flat "
                                     "indexes, approximate on hnsw/ivf, an exact scan when it matches at most "
                                     "2048 points")
+    allow_partial: bool = Field(False, description="sharded collections: while a shard is down, answer from "
+                                "the live shards (flagged `partial`, naming `missing_shards`) instead of 503; "
+                                "a search by id still needs its point's shard. Ignored by unsharded "
+                                "collections. In a batch, give it on the batch")
 
 
 class HitOut(BaseModel):
@@ -255,15 +259,24 @@ class SearchOut(BaseModel):
     took_ms: float = Field(description="time in the index, milliseconds")
     hits: list[HitOut]
     filtered: FilteredOut | None = Field(None, description="present when the search had a filter")
+    partial: bool | None = Field(None, description="present (true) only when allow_partial answered without "
+                                 "some shards: the hits are the nearest among the live shards' points")
+    missing_shards: list[str] | None = Field(None, description="with partial: the shards that did not answer "
+                                             "(`collection/shard-j`, as /readyz names them)")
 
 
 class SearchBatchIn(_In):
     searches: list[SearchIn] = Field(min_length=1)
+    allow_partial: bool = Field(False, description="as for one search, for the whole batch (the shards answer "
+                                "a batch together)")
 
 
 class SearchBatchOut(BaseModel):
     results: list[SearchOut]
     took_ms: float = Field(description="time for the whole batch in the service, milliseconds")
+    partial: bool | None = Field(None, description="present (true) only when allow_partial answered without "
+                                 "some shards; each result says so too")
+    missing_shards: list[str] | None = Field(None, description="with partial: the shards that did not answer")
 
 
 class HealthOut(BaseModel):

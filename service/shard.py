@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import InvalidInput, LogitsearchError, NotFound, StorageError
-from indexes.knn import Hits, IndexSet, IndexSpec, RWLock
+from indexes.knn import Hits, IndexSet, IndexSpec, RWLock, Stage
 from service import filters
 from service.catalog import CollectionConfig, IndexStatus
 from service.idmap import IdMap
@@ -97,7 +97,10 @@ class ShardStatus:
 
 @dataclass(frozen=True)
 class SearchGroup:
-    """Queries that ask one index with the same k, exactness and filter (a batch asks few)."""
+    """Queries that ask one index with the same k, exactness and filter (a batch asks few).
+
+    `stage` and `within` are IndexSet.search's: a sharded collection asks "first", judges the
+    certificates against the merged k-th distances, and asks "second" only where they fail."""
 
     spec: IndexSpec
     Q: npt.NDArray[np.float64]
@@ -105,6 +108,8 @@ class SearchGroup:
     exact: bool
     exclude: list[int | None]
     allowed: Ids | None
+    stage: Stage = "all"
+    within: npt.NDArray[np.float64] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,8 @@ class CollectionShard:
         self._selections: dict[filters.Filter, tuple[int, Ids]] = {}
         # bumped at each commit: the selection cache's validity
         self._version = 0
+        # stage -> queries searched at that stage (`searches`)
+        self._searched: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -646,8 +653,19 @@ class CollectionShard:
         one state of the shard: a bulk ingest is in all of them or in none."""
         iset = self.ready()
         with self._gate.read():
-            return [iset.search(g.spec, g.Q, g.k, exact=g.exact, exclude=g.exclude, allowed=g.allowed)
-                    for g in groups]
+            out = [iset.search(g.spec, g.Q, g.k, exact=g.exact, exclude=g.exclude, allowed=g.allowed,
+                               stage=g.stage, within=None if g.within is None else g.within.tolist())
+                   for g in groups]
+        with self._lock:
+            for g in groups:
+                self._searched[g.stage] = self._searched.get(g.stage, 0) + len(g.Q)
+        return out
+
+    def searches(self) -> dict[str, int]:
+        """Queries this shard has searched since it started, by stage ("all"; "first" and "second"
+        as one part of a merge): how often the coordinator needed a second round here."""
+        with self._lock:
+            return dict(self._searched)
 
     def describe(self, iids: Sequence[int], *, vector: bool, payload: bool) -> Described:
         """External ids of `iids` and, when asked, their stored payloads and vectors."""

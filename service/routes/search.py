@@ -69,6 +69,8 @@ def _result_json(r: SearchResult, q: Query) -> dict[str, Any]:
            "hits": hits}
     if q.filter is not None:
         out["filtered"] = {"matched": r.matched, "scan_threshold": FILTER_SCAN_ROWS}
+    if r.missing:
+        out["partial"], out["missing_shards"] = True, list(r.missing)
     return out
 
 
@@ -87,7 +89,7 @@ def answer_search(app: FastAPI, name: str, body: SearchIn) -> dict[str, Any]:
     """The answer to one search, as JSON-ready data (also called by service.fastlane)."""
     backend: Coordinator = app.state.backend
     q = _query(body, backend.dim(name), "")
-    results = backend.search(name, [q])
+    results = backend.search(name, [q], allow_partial=body.allow_partial)
     _observe(app, results)
     return _result_json(results[0], q)
 
@@ -98,11 +100,18 @@ def answer_batch(app: FastAPI, name: str, body: SearchBatchIn) -> dict[str, Any]
     check_batch_size(len(body.searches), "searches", app.state.settings.max_batch)
     backend: Coordinator = app.state.backend
     dim = backend.dim(name)
+    for i, s in enumerate(body.searches):
+        if s.allow_partial:  # one fan-out answers the whole batch: partial or not, all of it is
+            raise InvalidInput(f"searches.{i}.allow_partial", "give allow_partial on the batch, not on one search")
     queries = [_query(s, dim, f"searches.{i}.") for i, s in enumerate(body.searches)]
-    results = backend.search(name, queries)
+    results = backend.search(name, queries, allow_partial=body.allow_partial)
     _observe(app, results)
-    return {"results": [_result_json(r, q) for r, q in zip(results, queries)],
-            "took_ms": round((time.perf_counter() - started) * 1e3, 4)}
+    out: dict[str, Any] = {"results": [_result_json(r, q) for r, q in zip(results, queries)],
+                           "took_ms": round((time.perf_counter() - started) * 1e3, 4)}
+    missing = results[0].missing if results else ()
+    if missing:
+        out["partial"], out["missing_shards"] = True, list(missing)
+    return out
 
 
 @router.post("/search", response_model=SearchOut, summary="k nearest neighbours of a vector or a stored point")
