@@ -52,6 +52,7 @@ from service.shard import (
 from service.store import Ext, Store, Transaction
 
 if TYPE_CHECKING:
+    from core.evaluation import Rows
     from service.ray_shards import RayShards
 
 log = logging.getLogger("logitsearch.coordinator")
@@ -984,13 +985,18 @@ class Coordinator:
         return self._by_owner(member, ids, "payload_values", key)
 
     def evaluate_data(self, name: str, sample: int, seed: int,
-                      selection: Selection | None = None) -> tuple[list[Ext], F32]:
+                      selection: Selection | None = None) -> tuple[list[Ext], F32 | Rows]:
         """`sample` points drawn uniformly without replacement (seeded; all of them if sample >= count),
         in insertion order: their ids and float32 rows; drawn from `selection` when given. Every write
-        committed before the call is in the population."""
-        _, member = self._ready(name)
+        committed before the call is in the population. A sharded collection's rows stay on its
+        shards: they come as `core.evaluation.Rows` whose reads the shards answer
+        (service/sharded_sample.py), drawn as here from the merged ids (the same seed, the same points)."""
+        entry, member = self._ready(name)
         if member.remote:
-            return self._sharded_sample(name, member, sample, seed, selection)
+            from service.sharded_sample import draw
+
+            return draw(member.shards, entry.config.dim, sample, seed,
+                        None if selection is None else selection.iids)
         shard = member.shard
         for attempt in range(3):
             ids = shard.indexed_ids()
@@ -1004,43 +1010,6 @@ class Coordinator:
                 if attempt == 2:
                     raise
                 continue
-            if None not in exts:
-                return exts, X  # type: ignore[return-value]
-        raise StorageError(f"collection {name!r} changed under the sample three times; retry")
-
-    def _sharded_sample(self, name: str, member: _Member, sample: int, seed: int,
-                        selection: Selection | None) -> tuple[list[Ext], F32]:
-        """`evaluate_data` over the shards: the sample drawn here from the merged, sorted internal
-        ids (the same positions, so the same points, as an unsharded collection with the same seed),
-        the rows fetched from their owners."""
-        from service.ray_shards import gather
-
-        for attempt in range(3):
-            held = self._each(member, "indexed_ids")
-            ids = np.concatenate(held)
-            owners = np.concatenate([np.full(len(h), j, dtype=np.int64) for j, h in enumerate(held)])
-            order = np.argsort(ids, kind="stable")
-            ids, owners = ids[order], owners[order]
-            if selection is not None:
-                keep = np.isin(ids, selection.iids)
-                ids, owners = ids[keep], owners[keep]
-            if sample < ids.size:
-                pick = np.sort(np.random.default_rng(seed).choice(ids.size, size=sample, replace=False))
-                ids, owners = ids[pick], owners[pick]
-            where = [np.flatnonzero(owners == j) for j in range(len(member.shards))]
-            try:
-                got = gather([(member.shards[j], member.shards[j].submit("call", "rows", ids[w]))
-                              for j, w in enumerate(where) if w.size])
-            except NotFound:  # a delete landed between the two reads: draw again
-                if attempt == 2:
-                    raise
-                continue
-            exts: list[Ext | None] = [None] * ids.size
-            X = np.empty((ids.size, self.dim(name)), dtype=np.float32)
-            for w, (e, rows) in zip([w for w in where if w.size], got):
-                X[w] = rows
-                for r, ext in zip(w.tolist(), e):
-                    exts[r] = ext
             if None not in exts:
                 return exts, X  # type: ignore[return-value]
         raise StorageError(f"collection {name!r} changed under the sample three times; retry")

@@ -338,6 +338,18 @@ class ShardActor:
                 self._save_states()
         self.shard.drop_index(key)
 
+    # --- an evaluation's values, computed on the shard's own rows (service/sharded_sample.py) -----
+
+    def sample_columns(self, iids: Any, xq: Any, t: float) -> Any:
+        from service.sharded_sample import shard_columns
+
+        return shard_columns(self.shard, iids, xq, t)
+
+    def sample_roughness(self, iids: Any, t: float) -> tuple[float, int]:
+        from service.sharded_sample import shard_roughness
+
+        return shard_roughness(self.shard, iids, t)
+
     # --- reads that need internal ids --------------------------------------------------------------
 
     def scroll(self, offset: int, limit: int, with_vector: bool, with_payload: bool,
