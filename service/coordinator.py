@@ -737,7 +737,7 @@ class Coordinator:
             shard = member.shards[j]
             try:
                 shard.result(shard.submit("abort", token), 10.0)
-            except StorageError:
+            except Exception:  # noqa: BLE001 -- whatever it was, the part is resolved next
                 member.suspect = True
 
     def _commit(self, name: str, member: _Member, token: int, touched: Sequence[int]) -> tuple[int, int]:
@@ -753,14 +753,16 @@ class Coordinator:
         deadline = time.monotonic() + PUBLISH_WAIT
         left, count = list(touched), 0
         while left:
-            calls = [(j, member.shards[j], member.shards[j].submit("publish", token, False)) for j in left]
+            # every write before this one is settled on every shard (a write that failed left the
+            # collection suspect, healed before this one): the shards prune their op records below it
+            calls = [(j, member.shards[j], member.shards[j].submit("publish", token, False, token)) for j in left]
             failed: list[int] = []
             for j, shard, ref in calls:
                 try:
                     count += shard.result(ref)[0]
                 except ShardUnavailable:
                     failed.append(j)
-                except StorageError:
+                except BaseException:
                     member.suspect = True  # committed: published when the shard is resolved
                     raise
             if failed and time.monotonic() > deadline:
@@ -800,8 +802,9 @@ class Coordinator:
 
         if member.suspect:
             entry = self.catalog.get(name)
+            below = self.catalog.reserve(1)  # after every write so far: all settled once resolved
             held = gather([(s, s.submit("prepared_tokens")) for s in member.shards])
-            gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)]))
+            gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)], below))
                     for s, tokens in zip(member.shards, held)])
             self.catalog.forget_commits(entry.cid)
             member.suspect = False

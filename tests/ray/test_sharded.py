@@ -258,8 +258,8 @@ def test_evaluation_ranks_globally_rho_as_one_shard_issue_13(served, ranks, data
 
 
 def test_an_evaluation_leaves_the_rows_on_their_shards_issue_13(served, monkeypatch, rng):
-    """Each shard computes its own rows' values: during a one_to_many evaluation (one query, labels
-    or none, the Shepard data, the roughness guide) no shard is asked for rows, every shard holding
+    """Each shard computes its own rows' values: during a one_to_many evaluation (one query, the
+    Shepard data, the roughness guide) no shard is asked for rows, every shard holding
     sampled rows computes value columns, and the shards send back far fewer bytes than the rows;
     with many queries only the query rows travel. The rhos are core's over the same rows."""
     client = served[0]
