@@ -13,7 +13,18 @@ records the commit in its catalog (service/catalog.py `Catalog.commit`, the one 
 each shard `publish`es: its part goes through the shard's ordinary write, in ONE SQLite transaction
 with the deletion of the prepared part and the token's row in `ops`. A publish is idempotent by
 token (Ray or the coordinator may send it twice), and `resolve` publishes or drops what a crash left
-prepared, as the catalog says. Nothing here is an RPC layer of our own: Ray carries the calls.
+prepared, as the catalog says. Each publish and resolve carries the coordinator's watermark (every
+write with a smaller token is settled on every shard): below it the shard prunes `ops` and stale
+prepared parts and treats a late op as settled, so both tables stay a few rows long. Nothing here
+is an RPC layer of our own: Ray carries the calls.
+
+Each row is written twice on its shard: into `prepared` (one pickled blob per part, fsynced) and,
+at publish, into the points table through the shard's ordinary write (id map, payload index,
+operation id, index apply). Measured on this machine for 20,000 x 256 float32 rows (20 MB) on one
+shard: prepare 0.3-0.46 s, publish 1.3-1.7 s, so the first write is about a fifth of the shard's
+cost. Writing the rows once would need the points table to hold unpublished rows that every reader
+of it (scroll, get, count, replay, snapshots) leaves out until the publish: a change to the store
+and the shard, not made here.
 
 Routing: `shard_of(id, n)` hashes the type-tagged id (5 and "5" differ) into BUCKETS fixed buckets,
 bucket -> shard by `bucket % n`. Internal ids are candidates the coordinator reserves in its catalog
