@@ -69,7 +69,7 @@ def draw(shards: Sequence[Any], d: int, sample: int, seed: int,
     and their rows, left on the shards."""
     from service.ray_shards import gather
 
-    for attempt in range(DRAWS):
+    for _ in range(DRAWS):
         held = gather([(s, s.submit("call", "indexed_ids")) for s in shards])
         iids = np.concatenate(held)
         owners = np.concatenate([np.full(len(h), j, dtype=np.int64) for j, h in enumerate(held)])
@@ -88,8 +88,6 @@ def draw(shards: Sequence[Any], d: int, sample: int, seed: int,
                 exts[r] = e
         if None not in exts:
             return exts, rows  # type: ignore[return-value]
-        if attempt == DRAWS - 1:
-            break
     raise StorageError("the collection changed under the sample three times; retry")
 
 
