@@ -89,6 +89,75 @@ _COLUMN = {name: i for i, name in enumerate(ALL_COLUMNS)}
 _MR = len(ALL_COLUMNS)  # the kernel's extra column: MR(p) of each row (eq. 17)
 
 
+# --- where the rows are ----------------------------------------------------------------------------
+
+
+class Rows:
+    """The rows of one evaluation, as the computation reads them: in one array (`ArrayRows`), or
+    spread over the shards of a collection (service/sharded_sample.py, issue 13), where each shard
+    computes its own rows' values and only queries and value columns travel.
+
+    Everything an evaluation needs of its rows is one of four reads, each answered in the rows'
+    order: the value `columns` of one query at t (the ranking over them is done by the caller, over
+    all rows at once), a few `rows` (the queries of `evaluate_queries`, every row for many_to_many),
+    the `mean_roughness` at t (eq. 17; a sharded sample sums its shards' sums), and a subset (`take`).
+    """
+
+    n: int
+    d: int
+
+    def columns(self, xq: Floats, t: float) -> Floats:
+        """(n, 8) float64: `ALL_COLUMNS` of query logits xq (d,) against each row at t, then MR."""
+        raise NotImplementedError
+
+    def rows(self, positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
+        """(m, d) logits of the rows at `positions`."""
+        raise NotImplementedError
+
+    def mean_roughness(self, t: float) -> float:
+        """Mean MR of softmax(x/t) over the rows (eq. 17)."""
+        raise NotImplementedError
+
+    def take(self, positions: npt.NDArray[np.intp]) -> Rows:
+        """The rows at `positions` (sorted, distinct), as Rows of their own."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, positions: npt.NDArray[np.intp]) -> Rows:
+        return self.take(np.asarray(positions, dtype=np.intp))
+
+
+class ArrayRows(Rows):
+    """Rows held in one (n, d) array of logits (float32 or float64, made C-contiguous)."""
+
+    def __init__(self, X: Any) -> None:
+        # C order: the kernel then compiles for two layouts only (float32 and float64 rows)
+        self.X = np.ascontiguousarray(as_rows(X, "vectors"))
+        self.n, self.d = int(self.X.shape[0]), int(self.X.shape[1])
+
+    def columns(self, xq: Floats, t: float) -> Floats:
+        return _columns(xq, self.X, t)
+
+    def rows(self, positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
+        return self.X[positions]
+
+    def mean_roughness(self, t: float) -> float:
+        return mean_roughness(self.X, t)
+
+    def take(self, positions: npt.NDArray[np.intp]) -> Rows:
+        return ArrayRows(self.X[positions])
+
+
+def columns(xq: Any, X: Any, t: float) -> Floats:
+    """(n, 8) float64: CED, KLD, JSD, TRI, Hellinger, EUC, COS (`ALL_COLUMNS`) of query logits xq
+    (d,) against each row of logits X (n, d) at t, then MR(softmax(x/t)) of each row (eq. 17): the
+    values every evaluation ranks, from one pass over the rows (a shard's part of a sharded one)."""
+    A = ArrayRows(X)
+    return A.columns(as_vector(xq, "vector", A.d), check_temperature(t, "temperature"))
+
+
 # --- results --------------------------------------------------------------------------------------
 
 
@@ -445,26 +514,30 @@ def _compared_count(n: int, exclude: int | None) -> int:
     return m
 
 
-def _rows(X: Any) -> npt.NDArray[Any]:
-    # C order: the kernel then compiles for two layouts only (float32 and float64 rows)
-    return np.ascontiguousarray(as_rows(X, "vectors"))
+def _rows(X: Any) -> Rows:
+    return X if isinstance(X, Rows) else ArrayRows(X)
 
 
-def _the_query(A: npt.NDArray[Any], query: Any, exclude: int | None, what: str) -> tuple[Floats, int | None]:
+def _all_rows(A: Rows) -> npt.NDArray[Any]:
+    """Every row as one array (many_to_many: each row is the query of the rows after it)."""
+    return A.X if isinstance(A, ArrayRows) else np.ascontiguousarray(A.rows(np.arange(A.n)))
+
+
+def _the_query(A: Rows, query: Any, exclude: int | None, what: str) -> tuple[Floats, int | None]:
     """(query logits, row to leave out): `query` if given, else row `exclude` of A."""
-    ex = None if exclude is None else _check_row(exclude, A.shape[0], "exclude")
+    ex = None if exclude is None else _check_row(exclude, A.n, "exclude")
     if query is None:
         if ex is None:
             raise InvalidInput("query", f"{what} needs a query: a stored id or a vector")
-        xv = np.ascontiguousarray(A[ex], dtype=np.float64)
+        xv = np.ascontiguousarray(A.rows(np.array([ex], dtype=np.intp))[0], dtype=np.float64)
     else:
-        xv = as_vector(query, "vector", A.shape[1])
-    _compared_count(A.shape[0], ex)
+        xv = as_vector(query, "vector", A.d)
+    _compared_count(A.n, ex)
     return xv, ex
 
 
-def _compared_columns(xv: Floats, A: npt.NDArray[Any], t: float, exclude: int | None) -> Floats:
-    C = _columns(xv, A, t)
+def _compared_columns(xv: Floats, A: Rows, t: float, exclude: int | None) -> Floats:
+    C = A.columns(xv, t)
     return C if exclude is None else np.delete(C, exclude, axis=0)
 
 
@@ -489,7 +562,7 @@ def evaluate(X: Any, temperatures: Any, *, query: Any = None, exclude: int | Non
     names = check_metrics(metrics)
     ts = check_temperatures(temperatures)
     A = _rows(X)
-    n = A.shape[0]
+    n = A.n
     results: list[TemperatureResult] = []
     if mode == "many_to_many":
         if query is not None or exclude is not None:
@@ -501,10 +574,11 @@ def evaluate(X: Any, temperatures: Any, *, query: Any = None, exclude: int | Non
         if n > MANY_TO_MANY_MAX_ROWS:
             raise LimitExceeded("sample", f"many_to_many compares at most {MANY_TO_MANY_MAX_ROWS} points "
                                 f"({MANY_TO_MANY_MAX_ROWS * (MANY_TO_MANY_MAX_ROWS - 1) // 2} pairs), got {n}")
+        R = _all_rows(A)
         for t in ts:
             t0 = time.perf_counter()
-            C = _pairs(A, t)
-            results.append(_result(t, C, names, ranks, mode, None, mean_roughness(A, t), t0))
+            C = _pairs(R, t)
+            results.append(_result(t, C, names, ranks, mode, None, mean_roughness(R, t), t0))
         return Evaluation(mode, ranks, names, n, tuple(results), time.perf_counter() - started)
 
     xv, ex = _the_query(A, query, exclude, "one_to_many")
@@ -553,7 +627,7 @@ def evaluate_queries(X: Any, temperatures: Any, *, n_queries: int, seed: int = 0
     names = check_metrics(metrics)
     ts = check_temperatures(temperatures)
     A = _rows(X)
-    n = A.shape[0]
+    n = A.n
     if isinstance(n_queries, bool) or not isinstance(n_queries, (int, np.integer)) or n_queries < 1:
         raise InvalidInput("queries.sample", f"must be a whole number >= 1, got {n_queries!r}")
     if n_queries > MAX_QUERIES:
@@ -564,6 +638,7 @@ def evaluate_queries(X: Any, temperatures: Any, *, n_queries: int, seed: int = 0
     codes = None if labels is None else check_codes(labels, n)
     kk = check_k(k) if labels is not None else 0
     rows = np.random.default_rng(seed).choice(n, size=int(n_queries), replace=False)
+    Q = A.rows(rows)  # the queries' own logits: all a sharded sample sends of its rows
     results: list[TemperatureSummary] = []
     for t in ts:
         t0 = time.perf_counter()
@@ -571,9 +646,9 @@ def evaluate_queries(X: Any, temperatures: Any, *, n_queries: int, seed: int = 0
         query_mr: list[float] = []
         mean_mr = math.nan
         tallies = _tallies(kk) if codes is not None else None
-        for r in rows:
-            xv = np.ascontiguousarray(A[r], dtype=np.float64)
-            C = _columns(xv, A, t)
+        for i, r in enumerate(rows):
+            xv = np.ascontiguousarray(Q[i], dtype=np.float64)
+            C = A.columns(xv, t)
             mean_mr = float(C[:, _MR].mean())
             query_mr.append(float(C[r, _MR]))
             compared = np.delete(C, r, axis=0)
@@ -635,7 +710,7 @@ def roughness_guide(X: Any, *, target: float | None = None, temperatures: Any = 
         raise InvalidInput("target", "give a target roughness, temperatures, or both")
     A = _rows(X)
     found = None if target is None else temperature_for_roughness(A, target)
-    return RoughnessGuide(A.shape[0], found, tuple((t, mean_roughness(A, t)) for t in ts))
+    return RoughnessGuide(A.n, found, tuple((t, A.mean_roughness(t)) for t in ts))
 
 
 @dataclass(frozen=True)
@@ -671,7 +746,7 @@ def auto_temperatures(X: Any, *, points: int = AUTO_POINTS, high: float = AUTO_R
                            f"{b.roughness:.3g} over every temperature, not falling from {high:g} to {low:g}: "
                            "nothing to sweep; give temperatures")
     ts = tuple(dict.fromkeys(_round3(float(t)) for t in np.geomspace(a.t, b.t, points)))
-    return AutoSweep(check_temperatures(ts), a, b, int(A.shape[0]))
+    return AutoSweep(check_temperatures(ts), a, b, A.n)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ reaches a target roughness (section 10.2)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,9 @@ def temperature_for_roughness(X: Any, target: float, lo: float = T_MIN, hi: floa
     Mean MR falls monotonically as t rises, so this bisects in log t within [lo, hi] until
     hi/lo <= 1 + 1e-6 (`RTOL_T`): the answer is within 1e-6 relative of the true t. A target
     above MR(lo) or below MR(hi) cannot be reached; the nearest end is returned with
-    reachable=False. Target must be in (0, 1).
+    reachable=False. Target must be in (0, 1). X: rows of logits, or an object whose
+    `mean_roughness(t)` gives the mean MR of its rows (`core.evaluation.Rows`: a sample spread over
+    shards, each shard summing its own rows).
     """
     try:
         target_f = float(target)
@@ -79,9 +82,14 @@ def temperature_for_roughness(X: Any, target: float, lo: float = T_MIN, hi: floa
         raise InvalidInput("target", f"must be a number, got {target!r}") from None
     if not (math.isfinite(target_f) and 0.0 < target_f < 1.0):
         raise InvalidInput("target", f"must be a roughness in (0, 1), got {target!r}")
-    A = as_rows(X, "X")
+    mean_at: Callable[[float], float]
+    if hasattr(X, "mean_roughness"):
+        mean_at = X.mean_roughness
+    else:
+        A = as_rows(X, "X")
+        mean_at = lambda t: mean_roughness(A, t)  # noqa: E731
     lo, hi = check_temperature(lo, "lo"), check_temperature(hi, "hi")
-    mr_lo, mr_hi = mean_roughness(A, lo), mean_roughness(A, hi)
+    mr_lo, mr_hi = mean_at(lo), mean_at(hi)
     if target_f >= mr_lo:
         return RoughnessTemperature(lo, mr_lo, target_f, target_f == mr_lo, 0)
     if target_f <= mr_hi:
@@ -90,10 +98,10 @@ def temperature_for_roughness(X: Any, target: float, lo: float = T_MIN, hi: floa
     it = 0
     while b - a > math.log1p(RTOL_T):
         mid = 0.5 * (a + b)
-        if mean_roughness(A, math.exp(mid)) > target_f:
+        if mean_at(math.exp(mid)) > target_f:
             a = mid
         else:
             b = mid
         it += 1
     t = math.exp(0.5 * (a + b))
-    return RoughnessTemperature(t, mean_roughness(A, t), target_f, True, it)
+    return RoughnessTemperature(t, mean_at(t), target_f, True, it)

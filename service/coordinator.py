@@ -59,6 +59,7 @@ from service.shard import (
 from service.store import Ext, Store, Transaction
 
 if TYPE_CHECKING:
+    from core.evaluation import Rows
     from service.ray_shards import RayShards
 
 log = logging.getLogger("logitsearch.coordinator")
@@ -757,7 +758,7 @@ class Coordinator:
             shard = member.shards[j]
             try:
                 shard.result(shard.submit("abort", token), 10.0)
-            except StorageError:
+            except Exception:  # noqa: BLE001 -- whatever it was, the part is resolved next
                 member.suspect = True
 
     def _commit(self, name: str, member: _Member, token: int, touched: Sequence[int]) -> tuple[int, int]:
@@ -773,14 +774,16 @@ class Coordinator:
         deadline = time.monotonic() + PUBLISH_WAIT
         left, count = list(touched), 0
         while left:
-            calls = [(j, member.shards[j], member.shards[j].submit("publish", token, False)) for j in left]
+            # every write before this one is settled on every shard (a write that failed left the
+            # collection suspect, healed before this one): the shards prune their op records below it
+            calls = [(j, member.shards[j], member.shards[j].submit("publish", token, False, token)) for j in left]
             failed: list[int] = []
             for j, shard, ref in calls:
                 try:
                     count += shard.result(ref)[0]
                 except ShardUnavailable:
                     failed.append(j)
-                except StorageError:
+                except BaseException:
                     member.suspect = True  # committed: published when the shard is resolved
                     raise
             if failed and time.monotonic() > deadline:
@@ -823,14 +826,15 @@ class Coordinator:
         if not member.suspect:
             return
         entry = self.catalog.get(name)
+        below = self.catalog.reserve(1)  # after every write so far: each shard settled below it once resolved
         if not partial:
             held = gather([(s, s.submit("prepared_tokens")) for s in member.shards])
-            gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)]))
+            gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)], below))
                     for s, tokens in zip(member.shards, held)])
         else:
             ask = _Fanout(member, partial=True)
             held = ask({j: [("prepared_tokens", ())] for j in ask.live})
-            done = ask({j: [("resolve", ([t for t in tokens if self.catalog.is_committed(entry.cid, t)],))]
+            done = ask({j: [("resolve", ([t for t in tokens if self.catalog.is_committed(entry.cid, t)], below))]
                         for j, (tokens,) in held.items()})
             member.unresolved = frozenset(range(len(member.shards))) - set(done)
             if member.unresolved:
@@ -1018,13 +1022,18 @@ class Coordinator:
         return self._by_owner(member, ids, "payload_values", key)
 
     def evaluate_data(self, name: str, sample: int, seed: int,
-                      selection: Selection | None = None) -> tuple[list[Ext], F32]:
+                      selection: Selection | None = None) -> tuple[list[Ext], F32 | Rows]:
         """`sample` points drawn uniformly without replacement (seeded; all of them if sample >= count),
         in insertion order: their ids and float32 rows; drawn from `selection` when given. Every write
-        committed before the call is in the population."""
-        _, member = self._ready(name)
+        committed before the call is in the population. A sharded collection's rows stay on its
+        shards: they come as `core.evaluation.Rows` whose reads the shards answer
+        (service/sharded_sample.py), drawn as here from the merged ids (the same seed, the same points)."""
+        entry, member = self._ready(name)
         if member.remote:
-            return self._sharded_sample(name, member, sample, seed, selection)
+            from service.sharded_sample import draw
+
+            return draw(member.shards, entry.config.dim, sample, seed,
+                        None if selection is None else selection.iids)
         shard = member.shard
         for attempt in range(3):
             ids = shard.indexed_ids()
@@ -1038,43 +1047,6 @@ class Coordinator:
                 if attempt == 2:
                     raise
                 continue
-            if None not in exts:
-                return exts, X  # type: ignore[return-value]
-        raise StorageError(f"collection {name!r} changed under the sample three times; retry")
-
-    def _sharded_sample(self, name: str, member: _Member, sample: int, seed: int,
-                        selection: Selection | None) -> tuple[list[Ext], F32]:
-        """`evaluate_data` over the shards: the sample drawn here from the merged, sorted internal
-        ids (the same positions, so the same points, as an unsharded collection with the same seed),
-        the rows fetched from their owners."""
-        from service.ray_shards import gather
-
-        for attempt in range(3):
-            held = self._each(member, "indexed_ids")
-            ids = np.concatenate(held)
-            owners = np.concatenate([np.full(len(h), j, dtype=np.int64) for j, h in enumerate(held)])
-            order = np.argsort(ids, kind="stable")
-            ids, owners = ids[order], owners[order]
-            if selection is not None:
-                keep = np.isin(ids, selection.iids)
-                ids, owners = ids[keep], owners[keep]
-            if sample < ids.size:
-                pick = np.sort(np.random.default_rng(seed).choice(ids.size, size=sample, replace=False))
-                ids, owners = ids[pick], owners[pick]
-            where = [np.flatnonzero(owners == j) for j in range(len(member.shards))]
-            try:
-                got = gather([(member.shards[j], member.shards[j].submit("call", "rows", ids[w]))
-                              for j, w in enumerate(where) if w.size])
-            except NotFound:  # a delete landed between the two reads: draw again
-                if attempt == 2:
-                    raise
-                continue
-            exts: list[Ext | None] = [None] * ids.size
-            X = np.empty((ids.size, self.dim(name)), dtype=np.float32)
-            for w, (e, rows) in zip([w for w in where if w.size], got):
-                X[w] = rows
-                for r, ext in zip(w.tolist(), e):
-                    exts[r] = ext
             if None not in exts:
                 return exts, X  # type: ignore[return-value]
         raise StorageError(f"collection {name!r} changed under the sample three times; retry")

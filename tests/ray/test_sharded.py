@@ -8,7 +8,9 @@ scroll pages and evaluation (both rank modes) must agree: the same ids, the same
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.evaluation import evaluate
 from service.catalog import CollectionConfig
 from service.coordinator import Coordinator
-from service.ray_shards import shard_of
+from service.ray_shards import RemoteShard, shard_of
 from service.settings import load_settings
 from tests.conftest import SHARED_DATA, _load_shared
 from tests.ray.conftest import SHARD_CPUS, ids_by_shard, ray_client
@@ -202,19 +205,106 @@ def _close(a: Any, b: Any, path: str = "") -> None:
         assert a == b, (path, a, b)
 
 
+def _same_answer(client: Any, one: str, three: str, method: str, path: str, same_bytes: bool = True,
+                 **kw: Any) -> Any:
+    """The unsharded and the sharded collection's answers to one request: the same status and JSON
+    (floats to 1e-12), or for a picture the same headers and (unless it shows the collection's
+    name) the same bytes."""
+    a = client.request(method, f"{C}/{one}{path}", **kw)
+    b = client.request(method, f"{C}/{three}{path}", **kw)
+    assert a.status_code == b.status_code, (path, kw, a.text, b.text)
+    if a.headers["content-type"].startswith("image/"):
+        assert a.content == b.content or not same_bytes, (path, kw)
+        assert {k: v for k, v in a.headers.items() if k.startswith("x-")} == \
+            {k: v for k, v in b.headers.items() if k.startswith("x-")}, (path, kw)
+        return a
+    # a recommendation's build request names its own collection
+    _close(a.json(), json.loads(b.text.replace(f"/collections/{three}/", f"/collections/{one}/")), f"{path} {kw}")
+    return a
+
+
 @pytest.mark.parametrize("ranks", ["average", "paper"])
 @pytest.mark.parametrize("data", ["synthetic", "real"])
 def test_evaluation_ranks_globally_rho_as_one_shard_issue_13(served, ranks, data):
+    """Every evaluation mode on 3 shards (each shard computing its rows' values, the coordinator
+    ranking them all) gives the whole answer of one shard: one query by id or vector, many queries,
+    many_to_many, "auto" temperatures, labels, a filter, the Shepard data, the roughness guide."""
     client = served[0]
-    one, three, present, _ = _pair(served, data)
+    one, three, present, X = _pair(served, data)
     query, sample = (present[17], 300) if data == "real" else (present[11], 20)
-    body = {"id": query, "temperatures": TEMPS, "sample": sample, "seed": 5, "ranks": ranks}
-    a, b = client.post(f"{C}/{one}/evaluate", json=body), client.post(f"{C}/{three}/evaluate", json=body)
-    assert a.status_code == b.status_code == 200, (a.text, b.text)
-    assert a.json()["sample"]["size"] == sample and a.json()["sample"]["sampled"]
-    _close(a.json(), b.json())
-    many = {"mode": "many_to_many", "temperature": 10.0, "sample": 12, "seed": 2, "ranks": ranks}
-    _close(client.post(f"{C}/{one}/evaluate", json=many).json(), client.post(f"{C}/{three}/evaluate", json=many).json())
+    base = {"sample": sample, "seed": 5, "ranks": ranks}
+    a = _same_answer(client, one, three, "POST", "/evaluate", json={"id": query, "temperatures": TEMPS, **base})
+    assert a.status_code == 200 and a.json()["sample"]["size"] == sample and a.json()["sample"]["sampled"]
+    bodies: list[dict[str, Any]] = [
+        {"vector": X[3].astype(np.float64).tolist(), "temperature": 10.0, "ranks": ranks},  # every point
+        {"queries": {"sample": 4, "seed": 3}, "temperatures": TEMPS, **base},
+        {"mode": "many_to_many", "temperature": 10.0, "sample": 12, "seed": 2, "ranks": ranks},
+        {"id": query, "temperatures": "auto", **base},
+    ]
+    if data == "synthetic":  # its points carry the payload label `c`
+        flt = {"must": [{"key": "c", "match": {"value": 1}}]}
+        bodies += [{"id": query, "labels": "c", "k": 3, "temperatures": TEMPS, **base},
+                   {"queries": {"sample": 3, "seed": 1}, "labels": "c", "k": 2, "temperature": 1.0, **base},
+                   {"vector": X[5].astype(np.float64).tolist(), "temperature": 1.0, "filter": flt, "ranks": ranks}]
+    for body in bodies:
+        assert _same_answer(client, one, three, "POST", "/evaluate", json=body).status_code == 200, body
+    shepard = {"id": query, "metric": "tri", "temperature": 10.0, **base}
+    assert _same_answer(client, one, three, "POST", "/evaluate/shepard.png", json=shepard).status_code == 200
+    if ranks == "average":  # the roughness reads take no rank mode
+        for params in ({"target": 1e-3, "temperatures": "1,10", "sample": sample, "seed": 3}, {"sample": sample}):
+            assert _same_answer(client, one, three, "GET", "/roughness", params=params).status_code == 200
+        assert _same_answer(client, one, three, "GET", "/roughness.png", same_bytes=False,
+                            params={"sample": sample}).status_code == 200
+
+
+def test_an_evaluation_leaves_the_rows_on_their_shards_issue_13(served, monkeypatch, rng):
+    """Each shard computes its own rows' values: during a one_to_many evaluation (one query, the
+    Shepard data, the roughness guide) no shard is asked for rows, every shard holding
+    sampled rows computes value columns, and the shards send back far fewer bytes than the rows;
+    with many queries only the query rows travel. The rhos are core's over the same rows."""
+    client = served[0]
+    n, d = 150, 512
+    _create(client, "wide", d, 3)
+    X = (rng.normal(size=(n, d)) * 3).astype(np.float32)
+    _upsert(client, "wide", list(range(n)), X)
+    asked: list[tuple[str, Any]] = []
+    returned = [0]
+    submit, result = RemoteShard.submit, RemoteShard.result
+
+    def counting_submit(self: RemoteShard, method: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append((args[0], args[1:]) if method == "call" else (method, args))
+        return submit(self, method, *args, **kwargs)
+
+    def counting_result(self: RemoteShard, ref: Any, timeout: float = 120.0) -> Any:
+        out = result(self, ref, timeout)
+        returned[0] += len(pickle.dumps(out))
+        return out
+
+    monkeypatch.setattr(RemoteShard, "submit", counting_submit)
+    monkeypatch.setattr(RemoteShard, "result", counting_result)
+    holding = sum(1 for s in client.app.state.backend._members["wide"].shards if s.points())
+    assert holding >= 2
+    requests = [("POST", "/evaluate", {"json": {"id": 7, "temperatures": TEMPS}}),
+                ("POST", "/evaluate/shepard.png", {"json": {"id": 7, "metric": "cos", "temperature": 10.0}}),
+                ("GET", "/roughness", {"params": {"temperatures": "1,10"}})]
+    for method, path, kw in requests:
+        asked.clear()
+        returned[0] = 0
+        r = client.request(method, f"{C}/wide{path}", **kw)
+        assert r.status_code == 200, r.text
+        names = [a for a, _ in asked]
+        assert "rows" not in names, (path, names)
+        assert names.count("sample_columns") + names.count("sample_roughness") >= holding, (path, names)
+        assert returned[0] < n * d * 4 / 8, (path, returned[0])
+        if path == "/evaluate":
+            want = evaluate(X, TEMPS, query=X[7], exclude=7)  # the same rows, in one array
+            for got, w in zip(r.json()["results"], want.results):
+                for m, rho in w.rho.items():
+                    assert abs(got["rho"][m]["value"] - rho.value) <= 1e-12, (m, got["rho"][m], rho)
+    asked.clear()
+    body = {"queries": {"sample": 3, "seed": 1}, "temperature": 1.0}
+    assert client.post(f"{C}/wide/evaluate", json=body).status_code == 200
+    assert sum(len(args[0]) for a, args in asked if a == "rows") == 3  # the query vectors only
 
 
 def test_points_by_id_come_from_their_owning_shards_issue_13(served):
