@@ -124,8 +124,6 @@ def test_cluster_profile_adds_a_head_workers_and_a_service_of_one_ray_image():
     assert "command" not in cluster[API]  # the image's CMD, `logitsearch serve`
 
 
-@pytest.mark.xfail(strict=True, reason="pyproject's `ray` extra is `ray>=2.60`, which has no Ray Client (grpcio): "
-                   "the cluster service's ray:// address needs `ray[client]>=2.60` there (issue 13)")
 def test_the_cluster_image_brings_the_ray_client_its_service_connects_with():
     # the head starts its Ray Client server, and the service's ray.init("ray://...") connects, only with it
     assert urlsplit(_cluster()[API]["environment"]["LOGITSEARCH_RAY_ADDRESS"]).scheme == "ray"
@@ -169,7 +167,7 @@ def test_no_ray_port_is_published_only_the_clusters_api_on_loopback(tmp_path):
         if name in _nodes():
             assert "ports" not in s and "expose" not in s, name
     (mapping,) = _cluster()[API]["ports"]
-    host_ip, host_port, container_port = str(mapping).split(":")
+    host_ip, _host_port, container_port = str(mapping).split(":")
     assert host_ip == "127.0.0.1"
     assert int(container_port) == load_settings(environ=_env(_cluster()[API])).port
     assert container_port in image().final("EXPOSE")[-1].split()
@@ -225,7 +223,7 @@ def test_every_cluster_service_has_a_healthcheck_for_compose_up_wait(tmp_path):
     for name, s in _cluster().items():
         check = s["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL") and check.get("disable") is not True, name
-    options, argv = image().healthcheck
+    _options, argv = image().healthcheck
     assert _cluster()[API]["healthcheck"]["test"] == ["CMD", *argv]
     head_check = _nodes()[_head()]["healthcheck"]["test"]
     assert head_check[1:] == ["ray", "health-check", "--address", f"{_head()}:{head_port}",
