@@ -567,7 +567,8 @@ class RayShards:
     """The Ray connection of one coordinator and the shard actors of its collections."""
 
     def __init__(self, address: str, data_dir: Path, snapshot_every: int, shard_cpus: float) -> None:
-        self.address, self.data_dir = address, Path(data_dir)
+        # resolved here: an actor runs in a directory of its own, so a relative path would land there
+        self.address, self.data_dir = address, Path(data_dir).resolve()
         self.snapshot_every, self.shard_cpus = snapshot_every, shard_cpus
         self._cls: Any = None
 
