@@ -44,7 +44,7 @@ from core.errors import Conflict, InvalidInput, LimitExceeded, NotFound, Storage
 from core.metrics import INDEXABLE, TEMPERED
 from core.validate import check_temperature
 from indexes.exact import topk
-from indexes.knn import KINDS, Hits, IndexSet, IndexSpec, certifies
+from indexes.knn import KINDS, Hits, IndexSet, IndexSpec, RWLock, certifies
 from service import filters
 from service.catalog import Catalog, CollectionConfig, Entry, IndexState, IndexStatus, check_name
 from service.settings import Settings
@@ -225,6 +225,10 @@ class _Member:
     writes: int = 0
     #: while `suspect`: the shards a partial heal could not reach (a partial search leaves them out)
     unresolved: frozenset[int] = frozenset()
+    #: a write's publish on its shards holds this exclusively, a read's fan-out shares it: no read
+    #: sees a write published on one shard and not yet on another (as one machine never shows half
+    #: a write). Not reentrant: a read takes it once, after `_ready` has healed.
+    visible: RWLock = field(default_factory=RWLock)
 
     @property
     def shard(self) -> CollectionShard:
@@ -776,16 +780,18 @@ class Coordinator:
         while left:
             # every write before this one is settled on every shard (a write that failed left the
             # collection suspect, healed before this one): the shards prune their op records below it
-            calls = [(j, member.shards[j], member.shards[j].submit("publish", token, False, token)) for j in left]
             failed: list[int] = []
-            for j, shard, ref in calls:
-                try:
-                    count += shard.result(ref)[0]
-                except ShardUnavailable:
-                    failed.append(j)
-                except BaseException:
-                    member.suspect = True  # committed: published when the shard is resolved
-                    raise
+            with member.visible.write():  # released between retries: a read then needs the down shard (503)
+                calls = [(j, member.shards[j], member.shards[j].submit("publish", token, False, token))
+                         for j in left]
+                for j, shard, ref in calls:
+                    try:
+                        count += shard.result(ref)[0]
+                    except ShardUnavailable:
+                        failed.append(j)
+                    except BaseException:
+                        member.suspect = True  # committed: published when the shard is resolved
+                        raise
             if failed and time.monotonic() > deadline:
                 member.suspect = True
                 raise ShardUnavailable(member.shards[failed[0]].label, "the write is committed and is published "
@@ -829,13 +835,15 @@ class Coordinator:
         below = self.catalog.reserve(1)  # after every write so far: each shard settled below it once resolved
         if not partial:
             held = gather([(s, s.submit("prepared_tokens")) for s in member.shards])
-            gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)], below))
-                    for s, tokens in zip(member.shards, held)])
+            with member.visible.write():
+                gather([(s, s.submit("resolve", [t for t in tokens if self.catalog.is_committed(entry.cid, t)],
+                                     below)) for s, tokens in zip(member.shards, held)])
         else:
             ask = _Fanout(member, partial=True)
             held = ask({j: [("prepared_tokens", ())] for j in ask.live})
-            done = ask({j: [("resolve", ([t for t in tokens if self.catalog.is_committed(entry.cid, t)], below))]
-                        for j, (tokens,) in held.items()})
+            with member.visible.write():
+                done = ask({j: [("resolve", ([t for t in tokens if self.catalog.is_committed(entry.cid, t)],
+                                             below))] for j, (tokens,) in held.items()})
             member.unresolved = frozenset(range(len(member.shards))) - set(done)
             if member.unresolved:
                 return
@@ -975,7 +983,8 @@ class Coordinator:
         _, member = self._member(name)
         if not member.remote:
             return member.shard.get_points(ids, with_vector=with_vector, with_payload=with_payload)
-        return self._by_owner(member, ids, "get_points", with_vector=with_vector, with_payload=with_payload)
+        with member.visible.read():
+            return self._by_owner(member, ids, "get_points", with_vector=with_vector, with_payload=with_payload)
 
     @staticmethod
     def _by_owner(member: _Member, ids: Sequence[Ext], method: str, *args: Any, **kwargs: Any) -> list[Any]:
@@ -1001,8 +1010,9 @@ class Coordinator:
                                        flt=filter)
         from service.ray_shards import gather
 
-        pages = gather([(s, s.submit("scroll", offset or 0, limit, with_vector, with_payload, filter))
-                        for s in member.shards])
+        with member.visible.read():
+            pages = gather([(s, s.submit("scroll", offset or 0, limit, with_vector, with_payload, filter))
+                            for s in member.shards])
         merged = sorted(((iid, p) for points, iids in pages for p, iid in zip(points, iids)), key=lambda t: t[0])
         nxt = merged[limit][0] if len(merged) > limit else None
         return [p for _, p in merged[:limit]], nxt
@@ -1084,10 +1094,11 @@ class Coordinator:
                 fl = list(flts)
                 for j in member.unresolved if member.suspect else ():
                     ask.lost(j, StorageError(f"shard {shards[j].label} has writes to resolve"))
-                sets = ask({j: [("call", ("matching", f)) for f in fl] for j in ask.live})
-                first = {j: [dataclasses.replace(g, stage="first") for g in groups(dict(zip(fl, got)))]
-                         for j, got in sets.items()}
-                answers, described = self._sharded_search(member, queries, members, first, ask)
+                with member.visible.read():
+                    sets = ask({j: [("call", ("matching", f)) for f in fl] for j in ask.live})
+                    first = {j: [dataclasses.replace(g, stage="first") for g in groups(dict(zip(fl, got)))]
+                             for j, got in sets.items()}
+                    answers, described = self._sharded_search(member, queries, members, first, ask)
                 seconds = time.perf_counter() - started
                 return self._results(member, queries, plans, answers, seconds, described, ask.missing())
             # each distinct filter resolved once, from the payload index

@@ -107,7 +107,8 @@ def _reader(base: str, log: Log, stop: float, seed: int) -> None:
 def test_eight_writers_and_eight_readers_see_only_whole_acknowledged_writes(tmp_path, rng):
     base, proc = start_server(tmp_path / "data")
     try:
-        assert httpx.put(f"{base}/v1/collections/{NAME}", json={"dim": DIM, "metrics": ["euc"]}).status_code == 201
+        assert httpx.put(f"{base}/v1/collections/{NAME}", json={"dim": DIM, "metrics": ["euc"]},
+                         timeout=120).status_code == 201  # 120: on 3 shards, a create starts 3 processes
         log = Log()
         stop = time.monotonic() + SECONDS
         seeds = rng.integers(2**32, size=WRITERS + READERS)
