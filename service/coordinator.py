@@ -1026,7 +1026,8 @@ class Coordinator:
         parts = [0] * n
         try:
             def rows(j: int, batch: list[Any], meta: dict[str, Any]) -> None:
-                self._prepare(member, token, [(j, parts[j], "restore", (batch, {**meta, "id_offset": offset}))])
+                self._prepare(member, token, [(j, parts[j], "restore",
+                                               (batch, {**meta, "id_offset": offset, "states": indexes}))])
                 parts[j] += 1
 
             def stage(j: int, fname: str, path: Path, chunk: int = 8 << 20) -> None:
@@ -1063,6 +1064,8 @@ class Coordinator:
             raise
         member.restoring = False
         gather([(member.shards[j], member.shards[j].submit("publish", token, True)) for j in touched])
+        for spec in entry.specs("building"):  # each shard resumed it at its load; ready once all are
+            self._build_sharded(name, member, spec)
         return self._info(name)
 
     def _drop_restored(self, entry: Entry, member: _Member) -> None:

@@ -305,9 +305,12 @@ class ShardActor:
             tx.set_last_seq(self._cid, int(meta["last_seq"]))
             if config.payload_index:
                 tx.index_payloads(self._cid, config.payload_index)
+            with self._states_lock:  # the archive's desired indexes, this shard's copy of them
+                self._states = {d.spec.key: d for d in (IndexState.from_dict(x) for x in meta["states"])}
+                tx.set_indexes(self._cid, [st.to_dict() for st in self._states.values()])
         self.shard.drop()  # the empty shard: its applier and its (empty) index directory
         staged, iset = self._dir / f"restore-{token}" / "indexes", None
-        if meta["indexes"] and staged.is_dir():
+        if meta["staged"] and staged.is_dir():
             try:
                 iset = IndexSet.load(staged, id_offset=int(meta["id_offset"]))
                 iset.save(self._dir / "indexes")

@@ -363,23 +363,28 @@ class Snapshots:
                  stage: Callable[[int, str, Path], None]) -> None:
             if checked.sharded == n:
                 for j, part in enumerate(checked.parts):
-                    meta = {"last_seq": part.last_seq, "indexes": part.iset is not None}
+                    meta = {"last_seq": part.last_seq, "staged": part.iset is not None}
                     if part.iset is not None and part.indexes is not None and part.count:
                         for f in sorted(part.indexes.iterdir()):
                             stage(j, f"{INDEXES}/{f.name}", f)
+                    sent = False
                     for batch in _read_points(part.points, RESTORE_CHUNK):
                         rows(j, [(iid + offset, *rest) for iid, *rest in batch], meta)
+                        sent = True
+                    if not sent:  # an empty shard still takes the archive's index list
+                        rows(j, [], meta)
                 return
-            meta = {"last_seq": last_seq, "indexes": False}
+            meta = {"last_seq": last_seq, "staged": False}
             buffers: list[list[Any]] = [[] for _ in range(n)]
+            sent_to = [False] * n
             for iid, ext, seq, vector, payload in _merged(checked):
                 j = shard_of(ext, n)
                 buffers[j].append((iid + offset, ext, seq, vector, payload))
                 if len(buffers[j]) >= RESTORE_CHUNK:
                     rows(j, buffers[j], meta)
-                    buffers[j] = []
+                    buffers[j], sent_to[j] = [], True
             for j, batch in enumerate(buffers):
-                if batch:
+                if batch or not sent_to[j]:
                     rows(j, batch, meta)
 
         return self.backend.restore_sharded(collection, config, checked.manifest["indexes"], last_seq,
