@@ -26,6 +26,18 @@ their order (shifted past the target database's ids when needed), so ties break 
 graphs are reused as they are: the restored collection answers exactly as the original did.
 Checksums catch damage, not malice: an archive crafted with matching checksums is checked for
 shape and values, but its FAISS graph is trusted as the server trusts its own index snapshots.
+
+A sharded collection (issue 13; format version 2) is archived as its parts: `shards/<j>/points.sqlite3`
+and `shards/<j>/indexes/…`, each shard's rows and indexes at its own write sequence, listed in the
+manifest's `shards` (count, last_seq, iids, index_snapshot). Under the collection's write lock every
+committed write is published on every shard, then each actor pins its rows and copies its indexes
+(`ShardActor.archive_hold`); after the lock each writes its part beside its files and the
+coordinator copies it over Ray (`Coordinator.archive_parts`). A restore checks every part as above,
+and that each row is in the part its id routes to, that no id or internal id is in two parts. Into
+the archive's own shard count each part goes back to its shard with its index snapshot; into
+another count (an unsharded archive into 3 shards, 3 into 1) every row goes to the shard its id
+routes to (`shard_of`) and the indexes are rebuilt. Onto Ray the restore is a sharded write
+(prepare each part, commit in the catalog, publish: `Coordinator.restore_sharded`), all or nothing.
 """
 
 from __future__ import annotations

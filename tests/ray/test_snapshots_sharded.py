@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service import cli
 from service.app import create_app
+from service.client import Client
 from service.settings import load_settings
 from tests.ray.conftest import ids_by_shard, ray_client
 from tests.service.conftest import problem
@@ -119,7 +121,8 @@ def source(ray_local, tmp_path_factory):
         yield client, ids, X
 
 
-def test_a_sharded_archive_restores_as_three_and_as_one_answering_as_the_source_issue_13(source, tmp_path):
+def test_a_sharded_archive_restores_as_three_and_as_one_answering_as_the_source_issue_13(source, tmp_path,
+                                                                                        monkeypatch, capsys):
     client, ids, X = source
     want = _answers(client, "src", X, ids, hnsw=True)
     data = _archive(client, "src")
@@ -139,9 +142,13 @@ def test_a_sharded_archive_restores_as_three_and_as_one_answering_as_the_source_
     assert sorted(i["id"] for i in got) == sorted(i["id"] for i in client.get(f"{C}/src/indexes").json()["indexes"])
     assert client.get(f"{C}/as3").json()["last_operation_id"] == client.get(f"{C}/src").json()["last_operation_id"]
 
-    r = _restore(client, "as1", data, shards=1)  # re-routed into one Ray shard, indexes rebuilt
-    assert r.status_code == 201, r.text
-    assert r.json()["shards"] == 1
+    # re-routed into one Ray shard, indexes rebuilt; by the command line (`restore --shards 1`)
+    archive = tmp_path / "src.tar"
+    archive.write_bytes(data)
+    monkeypatch.setattr("service.client.Client", lambda url, api_key=None: _through(client, url))
+    assert cli.main(["restore", "as1", str(archive), "--shards", "1", "--url", "http://testserver"]) == 0
+    assert f"restored {len(ids) - 3} points into 'as1'" in capsys.readouterr().out
+    assert client.get(f"{C}/as1").json()["shards"] == 1
     flat_want = _answers(client, "src", X, ids, hnsw=False)
     assert _answers(client, "as1", X, ids, hnsw=False) == flat_want
 
@@ -153,7 +160,8 @@ def test_a_sharded_archive_restores_as_three_and_as_one_answering_as_the_source_
     assert _answers(client, "as3", X, ids, hnsw=False) == after == _answers(client, "as1", X, ids, hnsw=False)
 
     # without Ray: ?shards=1 restores an ordinary collection; more shards, or the archive's 3, are refused
-    with TestClient(create_app(load_settings({"data_dir": str(tmp_path), "warmup_seconds": 0}, environ={}))) as plain:
+    with TestClient(create_app(load_settings({"data_dir": str(tmp_path / "plain"), "warmup_seconds": 0},
+                                             environ={}))) as plain:
         for shards in (None, 3):
             body = problem(_restore(plain, "x", data, shards), 422, "shards")
             assert "LOGITSEARCH_RAY_ADDRESS" in body["detail"]
@@ -161,6 +169,22 @@ def test_a_sharded_archive_restores_as_three_and_as_one_answering_as_the_source_
         r = _restore(plain, "here", data, shards=1)
         assert r.status_code == 201, r.text
         assert _answers(plain, "here", X, ids, hnsw=False) == flat_want
+
+
+def _through(test_client: Any, url: str) -> Client:
+    """A Client whose requests go to `test_client` (the app in process), which it leaves open."""
+
+    class Kept:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(test_client, name)
+
+        def close(self) -> None:
+            pass
+
+    out = Client(url)
+    out._http.close()
+    out._http = Kept()  # type: ignore[assignment]
+    return out
 
 
 def _owned_now(ids: list[Any]) -> list[list[Any]]:
