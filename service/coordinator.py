@@ -264,6 +264,9 @@ class Coordinator:
             self.catalog.open_commits()
         for e in entries:
             self._members[e.name] = self._open_member(e)
+        if self._ray is not None:
+            self._undo_restores()
+            entries = [e for e in entries if e.name in self._members]
         self._remove_orphan_snapshots({e.cid for e in entries})
         if background:
             self._loader = threading.Thread(target=self._load_all, args=(entries,), name="loader", daemon=True)
@@ -1019,6 +1022,9 @@ class Coordinator:
             with self.store.transaction() as tx:  # the commit below brings last_seq to the archive's
                 entry = self.catalog.create(tx, name, config, [IndexState.from_dict(d) for d in indexes],
                                             last_seq - 1)
+                # a server killed before the commit: its next start drops the collection (_undo_restores)
+                tx.connection.execute(_RESTORES)
+                tx.connection.execute("INSERT INTO shard_restores (cid, token) VALUES (?, ?)", (entry.cid, token))
             member = self._create_sharded(entry)
             member.restoring = True
             self._members[name] = member
@@ -1058,21 +1064,45 @@ class Coordinator:
             from service.ray_shards import ShardUnavailable
 
             if isinstance(exc, ShardUnavailable) and self.catalog.is_committed(entry.cid, token):
+                self._restored(entry)
                 member.restoring = False  # committed: the shard publishes its part when it is back
             else:
                 self._drop_restored(entry, member)
             raise
+        self._restored(entry)
         member.restoring = False
         gather([(member.shards[j], member.shards[j].submit("publish", token, True)) for j in touched])
         for spec in entry.specs("building"):  # each shard resumed it at its load; ready once all are
             self._build_sharded(name, member, spec)
         return self._info(name)
 
+    def _restored(self, entry: Entry) -> None:
+        with self.store.transaction() as tx:
+            tx.connection.execute("DELETE FROM shard_restores WHERE cid = ?", (entry.cid,))
+
+    def _undo_restores(self) -> None:
+        """At start: a sharded restore the last run left before its commit goes whole; one it had
+        committed stays (its shards publish their parts when the collection is healed)."""
+        with self.store.transaction() as tx:
+            tx.connection.execute(_RESTORES)
+            left = tx.connection.execute("SELECT cid, token FROM shard_restores").fetchall()
+        for cid, token in left:
+            entry = next((e for e in self.catalog.entries() if e.cid == cid), None)
+            member = self._members.get(entry.name) if entry is not None else None
+            if entry is None or member is None or self.catalog.is_committed(cid, token):
+                if entry is not None:
+                    self._restored(entry)
+                continue
+            log.warning("dropping a collection whose restore did not finish", extra={"fields": {
+                "collection": entry.name}})
+            self._drop_restored(entry, member)
+
     def _drop_restored(self, entry: Entry, member: _Member) -> None:
         """A sharded restore that failed before its commit: the collection goes whole."""
         with member.lock, self.catalog.lock:
             with self.store.transaction() as tx:
                 tx.drop_collection(entry.cid)
+                tx.connection.execute("DELETE FROM shard_restores WHERE cid = ?", (entry.cid,))
             if self._members.get(entry.name) is member:
                 self._members.pop(entry.name, None)
                 self.catalog.remove(entry.name)
@@ -1329,6 +1359,10 @@ class Coordinator:
                 if vecs is not None and part.vectors is not None:
                     vecs[r] = part.vectors[t]
         return Described(exts, pays, vecs)
+
+
+#: sharded restores under way (Coordinator.restore_sharded): the collection and the token of its commit
+_RESTORES = """CREATE TABLE IF NOT EXISTS shard_restores (cid INTEGER PRIMARY KEY, token INTEGER NOT NULL)"""
 
 
 def _bulk_rows(chunks: Iterable[F32], ids: Iterable[Ext], payloads: Sequence[str | None] | None

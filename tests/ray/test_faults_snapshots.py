@@ -258,3 +258,55 @@ def test_a_shard_killed_during_an_archive_create_and_restore_fails_cleanly_or_co
     assert r.json()["count"] == kept["count"] == client.get(f"{C}/big").json()["count"]
     for q in (X[3], X[40_000] + 0.01):
         assert _exact(client, "back", q) == _exact(client, "big", q)
+
+
+def test_a_server_killed_during_a_sharded_restore_leaves_no_collection_at_its_next_start_issue_13(
+        big, ray_local, tmp_path):
+    """The HTTP server (the coordinator) SIGKILLed while a restore's parts are being prepared on
+    its shards: its next start finds the restore unfinished (never committed) and drops the
+    collection, its actors and their files; the same archive then restores whole."""
+    import httpx
+
+    from tests.e2e.conftest import start_server, stop_server
+
+    client, _ = big
+    r = client.post(f"{C}/big/snapshots")
+    assert r.status_code == 201, r.text
+    kept = r.json()
+    data = client.get(f"{C}/big/snapshots/{kept['name']}").content
+    env = {"LOGITSEARCH_RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "LOGITSEARCH_RAY_SHARD_CPUS": "0.1", "LOGITSEARCH_WARMUP_SECONDS": "0"}
+    root = Path(tmp_path) / "data"
+    base, proc = start_server(root, env, timeout=120)
+    try:
+        answer: list[Any] = []
+
+        def upload() -> None:
+            try:
+                answer.append(httpx.put(f"{base}{C}/back/snapshots/upload", content=data, headers=TAR, timeout=300))
+            except httpx.HTTPError as exc:
+                answer.append(exc)
+
+        restoring = threading.Thread(target=upload)
+        restoring.start()
+        deadline = time.monotonic() + 120
+        while not list(root.glob("shards/*/restore-*")):  # a part is being staged: before the commit
+            assert time.monotonic() < deadline and restoring.is_alive(), answer
+            time.sleep(0.001)
+        proc.kill()
+        proc.wait(timeout=30)
+        restoring.join(timeout=60)
+        assert isinstance(answer[0], httpx.HTTPError)  # the request died with its server
+        assert list(root.glob("shards/*"))  # the shards' files outlived it
+    finally:
+        stop_server(proc)
+    base, proc = start_server(root, env, timeout=120)
+    try:
+        assert httpx.get(f"{base}{C}/back", timeout=60).status_code == 404
+        assert "back" not in httpx.get(f"{base}{C}", timeout=60).text
+        assert not list(root.glob("shards/*"))  # its shards' files went with it
+        r = httpx.put(f"{base}{C}/back/snapshots/upload", content=data, headers=TAR, timeout=300)
+        assert r.status_code == 201, r.text
+        assert r.json()["count"] == kept["count"]
+    finally:
+        stop_server(proc)
