@@ -921,8 +921,8 @@ class Coordinator:
                     path = out / str(j) / fname
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with open(path, "wb") as f:
-                        for offset in range(0, size, chunk):
-                            f.write(s.result(s.submit("archive_read", held.token, fname, offset, chunk)))
+                        f.writelines(s.result(s.submit("archive_read", held.token, fname, offset, chunk))
+                                     for offset in range(0, size, chunk))
                     if path.stat().st_size != size:
                         raise StorageError(f"shard {s.label}: {fname} came over at {path.stat().st_size} "
                                            f"bytes, {size} written")

@@ -314,7 +314,7 @@ class ShardActor:
             try:
                 iset = IndexSet.load(staged, id_offset=int(meta["id_offset"]))
                 iset.save(self._dir / "indexes")
-            except Exception as exc:  # noqa: BLE001 -- the rows are committed; the indexes are rebuilt
+            except Exception as exc:  # the rows are committed; the indexes are rebuilt from them
                 log.warning("staged index snapshot unusable, rebuilding", exc_info=exc,
                             extra={"fields": {"shard": self.label}})
                 iset = None

@@ -10,6 +10,7 @@ either completes or answers 503 naming the shard, and a failed restore leaves no
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -77,12 +78,10 @@ def _kill_when(shard: Any, found: Any, seconds: float = 60, alive: threading.Thr
 def _back(shard: Any, old_pid: int | None = None, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while True:
-        try:
+        with contextlib.suppress(Exception):  # still restarting
             pid, _ = shard.ping(timeout=2)
             if pid != old_pid:
                 return
-        except Exception:  # noqa: BLE001 -- still restarting
-            pass
         assert time.monotonic() < deadline, "the shard did not come back"
         time.sleep(0.1)
 
@@ -184,10 +183,8 @@ def test_a_shard_killed_inside_its_index_snapshot_recovers_and_loses_no_write_is
 
 
 def _ignore(fn: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the call dies with its process
         fn()
-    except Exception:  # noqa: BLE001 -- the call dies with its process
-        pass
 
 
 def _get(client: Any, ids: list[Any]) -> list[dict[str, Any]]:

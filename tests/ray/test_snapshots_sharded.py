@@ -14,7 +14,6 @@ import io
 import json
 import tarfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -212,7 +211,7 @@ def test_an_unsharded_archive_restores_into_three_shards_issue_13(source):
 
 
 def test_restore_refuses_an_existing_name_and_a_bad_shard_count_issue_13(source):
-    client, ids, X = source
+    client = source[0]
     data = _archive(client, "src")
     for target in ("src", "flat"):  # sharded and unsharded, both holding points
         before = client.get(f"{C}/{target}").json()
