@@ -444,9 +444,10 @@ def _restore(args: argparse.Namespace) -> int:
         print(f"logitsearch: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     with _client(args) as client:
-        info = client.restore_snapshot(args.name, args.file)
+        info = client.restore_snapshot(args.name, args.file, shards=args.shards)
+    shards = f", {info['shards']} shards" if info.get("shards", 1) > 1 else ""
     print(f"restored {info['count']:,} points into {args.name!r} from {args.file} ({size:,} bytes); "
-          f"last operation {info['last_operation_id']}, status {info['status']}")
+          f"last operation {info['last_operation_id']}, status {info['status']}{shards}")
     return 0
 
 
@@ -584,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     snap = sub.add_parser("snapshot", help="take a consistent snapshot of a collection (and download it)",
                           description="Take a point-in-time snapshot of collection NAME on the server (a tar "
-                                      "archive with a checksummed manifest, the points and the indexes; writes "
-                                      "may continue meanwhile) and, with -o, download it to FILE.")
+                                      "archive with a checksummed manifest, the points and the indexes, each "
+                                      "shard's part for a sharded collection; writes may continue meanwhile) "
+                                      "and, with -o, download it to FILE.")
     snap.add_argument("name", help="collection name")
     snap.add_argument("-o", "--output", help="write the archive here (it is also kept on the server)")
     _add_connection(snap)
@@ -597,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "checked whole first; a damaged one is refused and nothing is written.")
     restore.add_argument("name", help="collection to create")
     restore.add_argument("file", help="the snapshot archive (.tar)")
+    restore.add_argument("--shards", type=int, help="shards of the restored collection (default: the archive's "
+                                                    "own; more than 1 needs a server on Ray); points are "
+                                                    "re-routed by id when it differs")
     _add_connection(restore)
     restore.set_defaults(func=_restore)
 

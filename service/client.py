@@ -536,11 +536,15 @@ class _Api:
     def delete_snapshot(self, name: str, snapshot: str) -> Any:
         return self._send(_Call("DELETE", f"/v1/collections/{name}/snapshots/{snapshot}", _json))
 
-    def restore_snapshot(self, name: str, path: str | Path, *, progress: Callable[[int], None] | None = None) -> Any:
-        """Upload the archive at `path` (streamed) into the new or empty collection `name`; its description."""
+    def restore_snapshot(self, name: str, path: str | Path, *, progress: Callable[[int], None] | None = None,
+                         shards: int | None = None) -> Any:
+        """Upload the archive at `path` (streamed) into the new or empty collection `name`, with
+        `shards` shards (None: the archive's own count; more than 1 needs a server on Ray); its
+        description."""
         source = Path(path)
         source.stat()  # a missing file fails here, before a request is made
         return self._send(_Call("PUT", f"/v1/collections/{name}/snapshots/upload", _json,
+                                params=None if shards is None else {"shards": int(shards)},
                                 content=_file_pieces(source, progress),
                                 headers={"content-type": "application/x-tar"}))
 

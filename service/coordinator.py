@@ -30,6 +30,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -110,6 +111,10 @@ class HeldCollection:
     count: int
     iset: IndexSet | None
     rebuild_reason: str | None
+    #: a sharded collection: each shard's held part (count, last_seq, reason), fetched with
+    #: `Coordinator.archive_parts` once the writes go on again
+    parts: list[dict[str, Any]] | None = None
+    token: int = 0
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,8 @@ class _Member:
     #: sees a write published on one shard and not yet on another (as one machine never shows half
     #: a write). Not reentrant: a read takes it once, after `_ready` has healed.
     visible: RWLock = field(default_factory=RWLock)
+    #: being restored from a snapshot (service/snapshots.py): requests wait for the end (503)
+    restoring: bool = False
 
     @property
     def shard(self) -> CollectionShard:
@@ -279,6 +286,9 @@ class Coordinator:
             self.catalog.open_commits()
         for e in entries:
             self._members[e.name] = self._open_member(e)
+        if self._ray is not None:
+            self._undo_restores()
+            entries = [e for e in entries if e.name in self._members]
         self._remove_orphan_snapshots({e.cid for e in entries})
         if background:
             self._loader = threading.Thread(target=self._load_all, args=(entries,), name="loader", daemon=True)
@@ -404,6 +414,8 @@ class Coordinator:
             raise NotFound(f"collection {name!r} not found")
         if member.down is not None:
             raise StorageError(member.down)
+        if member.restoring:
+            raise StorageError(f"collection {name!r} is being restored from a snapshot; retry shortly")
         if member.suspect:
             self._heal(name, member, partial=partial)
         if not all(s.wait_loaded(LOAD_WAIT) for s in member.shards):
@@ -908,17 +920,69 @@ class Coordinator:
     def writes_held(self, name: str) -> Iterator[HeldCollection]:
         """The collection at a consistent point: inside the block no write to it starts, and every
         committed write has been applied to its indexes. `iset` is None (with the reason) when the
-        indexes are not those of the committed state (rebuilding, or an index still building)."""
+        indexes are not those of the committed state (rebuilding, or an index still building). A
+        sharded collection's shards each hold their part (`parts`), every committed write published
+        first; fetch them with `archive_parts` after the block, which also releases them."""
         _, member = self._member(name)
         if member.remote:
-            raise Conflict(f"collection {name!r} is sharded: snapshots of sharded collections are not "
-                           "supported yet (issue 13)")
+            from service.ray_shards import gather
+
+            token = uuid.uuid4().int >> 66
+            with member.lock:
+                self._heal_locked(name, member)  # a committed write not yet published everywhere
+                entry = self.catalog.get(name)
+                try:
+                    parts = gather([(s, s.submit("archive_hold", token)) for s in member.shards])
+                except BaseException:
+                    self._release_parts(member, token)
+                    raise
+                reason = next((p["reason"] for p in parts if p["reason"] is not None), None)
+                try:
+                    yield HeldCollection(entry.cid, name, entry.config, entry.index_list(), entry.last_seq,
+                                         sum(p["count"] for p in parts), None, reason, parts, token)
+                except BaseException:
+                    self._release_parts(member, token)
+                    raise
+            return
         with member.lock:
             entry = self.catalog.get(name)
             building = sorted(s.spec.key for s in entry.indexes if s.status == "building")
             with member.shard.held(entry.last_seq, building) as held:
                 yield HeldCollection(entry.cid, name, entry.config, entry.index_list(), entry.last_seq,
                                      held.count, held.iset, held.rebuild_reason)
+
+    def archive_parts(self, held: HeldCollection, out: Path, chunk: int = 8 << 20) -> list[dict[str, Any]]:
+        """Each held shard's part written out (by its actor, beside its files) and copied to
+        `out/<j>/` (points.sqlite3, indexes/...), the shards' scratch removed after; per shard its
+        count, `iids` [lo, hi] and `files` {name: bytes}. A shard down meanwhile: ShardUnavailable."""
+        from service.ray_shards import gather
+
+        member = self._members.get(held.name)
+        if member is None or not member.remote:
+            raise NotFound(f"collection {held.name!r} not found")
+        try:
+            written = gather([(s, s.submit("archive_write", held.token)) for s in member.shards])
+            for j, (s, part) in enumerate(zip(member.shards, written)):
+                for fname, size in part["files"].items():
+                    path = out / str(j) / fname
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "wb") as f:
+                        f.writelines(s.result(s.submit("archive_read", held.token, fname, offset, chunk))
+                                     for offset in range(0, size, chunk))
+                    if path.stat().st_size != size:
+                        raise StorageError(f"shard {s.label}: {fname} came over at {path.stat().st_size} "
+                                           f"bytes, {size} written")
+            return written  # type: ignore[no-any-return]
+        finally:
+            self._release_parts(member, held.token)
+
+    @staticmethod
+    def _release_parts(member: _Member, token: int) -> None:
+        for s in member.shards:
+            try:
+                s.result(s.submit("archive_end", token), 10.0)
+            except StorageError:  # a restarted shard holds nothing; its scratch goes at its start
+                pass
 
     def restore_collection(self, name: str, config: CollectionConfig, indexes: list[dict[str, Any]],
                            last_seq: int, fill: Callable[[Transaction, int], int],
@@ -929,9 +993,8 @@ class Coordinator:
         (None, or a failure: the indexes are rebuilt from SQLite), and the collection loads as at a
         start."""
         check_name(name)
-        if config.shards is not None:
-            raise Conflict(f"collection {name!r}: a snapshot of a sharded collection cannot be restored yet "
-                           "(issue 13)")
+        if config.shards is not None:  # the caller's mistake: restore_sharded is for these
+            raise StorageError(f"collection {name!r}: a sharded restore goes through restore_sharded")
         old = self._members.get(name)
         if old is not None and old.remote:
             raise Conflict(f"collection {name!r} is sharded: restore into a new collection")
@@ -973,6 +1036,130 @@ class Coordinator:
             shutil.rmtree(self._shard_dir(entry.cid), ignore_errors=True)
         self._load_all([entry], preloaded)
         return self._info(name)
+
+    def restore_sharded(self, name: str, config: CollectionConfig, indexes: list[dict[str, Any]], last_seq: int,
+                        iids: tuple[int | None, int | None],
+                        send: Callable[[int, Callable[[int, list[Any], dict[str, Any]], None],
+                                        Callable[[int, str, Path], None]], None]) -> CollectionInfo:
+        """Create the new sharded collection `name` (config.shards actors) from a snapshot, all or
+        nothing, as a sharded write: `send(offset, rows, stage)` calls `rows(j, batch, meta)` with
+        shard j's rows (iid, ext, seq, vector, payload; iids already shifted by `offset`, the shift
+        that makes the archive's ids `iids` = (lo, hi) fresh here) and `stage(j, name, path)` with
+        the files of its index snapshot; every part is prepared durably on its shard, the catalog
+        records the commit, the shards publish (each loads as at a start). A failure before the
+        commit drops the collection whole; a shard that dies after it publishes when it is back."""
+        from service.ray_shards import gather
+
+        check_name(name)
+        n = config.shards
+        if n is None:
+            raise StorageError(f"collection {name!r}: restore_sharded needs a sharded config")
+        if self._ray is None:
+            raise InvalidInput("shards", f"{n} shards need Ray: set LOGITSEARCH_RAY_ADDRESS (`local`, or a Ray "
+                                         "cluster's address), or restore with ?shards=1")
+        lo, hi = iids
+        start = self.catalog.reserve(0 if lo is None or hi is None else hi - lo + 1)
+        offset, token = (0 if lo is None else start - lo), start
+        with self.catalog.lock:
+            if self.catalog.find(name) is not None or name in self._members:
+                raise Conflict(f"collection {name!r} exists: restore a snapshot into a new collection "
+                               "(delete it first, or give another name)")
+            self._ray.check_room(n)
+            with self.store.transaction() as tx:  # the commit below brings last_seq to the archive's
+                entry = self.catalog.create(tx, name, config, [IndexState.from_dict(d) for d in indexes],
+                                            last_seq - 1)
+                # a server killed before the commit: its next start drops the collection (_undo_restores)
+                tx.connection.execute(_RESTORES)
+                tx.connection.execute("INSERT INTO shard_restores (cid, token) VALUES (?, ?)", (entry.cid, token))
+            member = self._create_sharded(entry)
+            member.restoring = True
+            self._members[name] = member
+            self.catalog.publish(entry)
+        parts = [0] * n
+        try:
+            def rows(j: int, batch: list[Any], meta: dict[str, Any]) -> None:
+                self._prepare(member, token, [(j, parts[j], "restore",
+                                               (batch, {**meta, "id_offset": offset, "states": indexes}))])
+                parts[j] += 1
+
+            def stage(j: int, fname: str, path: Path, chunk: int = 8 << 20) -> None:
+                shard = member.shards[j]
+                with open(path, "rb") as f:
+                    at = 0
+                    while True:
+                        data = f.read(chunk)
+                        shard.result(shard.submit("stage", token, fname, at, data))
+                        at += len(data)
+                        if len(data) < chunk:
+                            break
+
+            send(offset, rows, stage)
+        except BaseException:
+            self._abort(member, token, [j for j in range(n) if parts[j]])
+            self._drop_restored(entry, member)
+            raise
+        touched = [j for j in range(n) if parts[j]]
+        try:
+            if touched:
+                self._commit(name, member, token, touched)
+            else:  # an empty archive: nothing to publish, the sequence set directly
+                with self.store.transaction() as tx:
+                    tx.set_last_seq(entry.cid, last_seq)
+                self.catalog.committed(name, last_seq)
+        except BaseException as exc:
+            from service.ray_shards import ShardUnavailable
+
+            if isinstance(exc, ShardUnavailable) and self.catalog.is_committed(entry.cid, token):
+                self._restored(entry)
+                member.restoring = False  # committed: the shard publishes its part when it is back
+            else:
+                self._drop_restored(entry, member)
+            raise
+        self._restored(entry)
+        member.restoring = False
+        gather([(member.shards[j], member.shards[j].submit("publish", token, True)) for j in touched])
+        for spec in entry.specs("building"):  # each shard resumed it at its load; ready once all are
+            self._build_sharded(name, member, spec)
+        return self._info(name)
+
+    def _restored(self, entry: Entry) -> None:
+        with self.store.transaction() as tx:
+            tx.connection.execute("DELETE FROM shard_restores WHERE cid = ?", (entry.cid,))
+
+    def _undo_restores(self) -> None:
+        """At start: a sharded restore the last run left before its commit goes whole; one it had
+        committed stays (its shards publish their parts when the collection is healed)."""
+        with self.store.transaction() as tx:
+            tx.connection.execute(_RESTORES)
+            left = tx.connection.execute("SELECT cid, token FROM shard_restores").fetchall()
+        for cid, token in left:
+            entry = next((e for e in self.catalog.entries() if e.cid == cid), None)
+            member = self._members.get(entry.name) if entry is not None else None
+            if entry is None or member is None or self.catalog.is_committed(cid, token):
+                if entry is not None:
+                    self._restored(entry)
+                continue
+            log.warning("dropping a collection whose restore did not finish", extra={"fields": {
+                "collection": entry.name}})
+            self._drop_restored(entry, member)
+
+    def _drop_restored(self, entry: Entry, member: _Member) -> None:
+        """A sharded restore that failed before its commit: the collection goes whole."""
+        with member.lock, self.catalog.lock:
+            with self.store.transaction() as tx:
+                tx.drop_collection(entry.cid)
+                tx.connection.execute("DELETE FROM shard_restores WHERE cid = ?", (entry.cid,))
+            if self._members.get(entry.name) is member:
+                self._members.pop(entry.name, None)
+                self.catalog.remove(entry.name)
+            self.catalog.forget_sharded(entry.cid)
+        for j, shard in enumerate(member.shards):
+            try:
+                shard.drop()
+            except StorageError:  # down: killed here, and its files go with it
+                shard.kill()
+                if self._ray is not None:
+                    shutil.rmtree(self._ray.directory(entry.cid, j), ignore_errors=True)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -1294,6 +1481,8 @@ class _Fanout:
     def nobody(self) -> StorageError:
         """The error of a request that lost every shard: the first shard's."""
         return self._lost[min(self._lost)]
+#: sharded restores under way (Coordinator.restore_sharded): the collection and the token of its commit
+_RESTORES = """CREATE TABLE IF NOT EXISTS shard_restores (cid INTEGER PRIMARY KEY, token INTEGER NOT NULL)"""
 
 
 def _bulk_rows(chunks: Iterable[F32], ids: Iterable[Ext], payloads: Sequence[str | None] | None

@@ -38,16 +38,17 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidInput, LogitsearchError, StorageError
-from indexes.knn import IndexSpec
+from indexes.knn import IndexSet, IndexSpec
 from service import filters
 from service.catalog import CollectionConfig, IndexState, IndexStatus
 from service.shard import CollectionShard, Point, ShardStatus
@@ -240,6 +241,10 @@ class ShardActor:
         self._dir = Path(directory)
         self._store = ShardStore(self._dir)
         self._store.open()
+        for scratch in [*self._dir.glob("archive-*"), *self._dir.glob("restore-*")]:  # a killed run's
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._snapshot_every = snapshot_every
+        self._archives: dict[int, tuple[ExitStack, Any, Any]] = {}  # token -> held part (archive_hold)
         fresh = not self._store.collections()
         if fresh:
             cfg = CollectionConfig.from_dict(config)
@@ -344,12 +349,117 @@ class ShardActor:
             elif kind == "delete_matching":
                 (flt,) = self._store.prepared_body(token, parts[0][0])
                 n = self.shard.delete_matching(flt).count
+            elif kind == "restore":
+                n = self._restore(token, parts)
             else:
                 raise StorageError(f"unknown prepared write kind {kind!r}")
         finally:
             self._store._publishing.pop(threading.get_ident(), None)
         self._store.set_count(token, n)
         return n
+
+    def _restore(self, token: int, parts: list[tuple[int, str]]) -> int:
+        """Publish a restore (service/snapshots.py) into this fresh, empty shard: its rows in ONE
+        SQLite transaction (the parts leave `prepared` with it), then the shard reloaded as at a
+        start, from the index snapshot staged beside (`stage`) or rebuilt from SQLite."""
+        meta = self._store.prepared_body(token, parts[-1][0])[1]
+        config = CollectionConfig.from_dict(self._store.collections()[0].config)
+        n = 0
+        with self._store.transaction() as tx:  # the first since `publishing(token)`
+            for part, _ in parts:
+                rows = self._store.prepared_body(token, part)[0]
+                tx.restore_points(self._cid, rows)
+                n += len(rows)
+            tx.set_last_seq(self._cid, int(meta["last_seq"]))
+            if config.payload_index:
+                tx.index_payloads(self._cid, config.payload_index)
+            with self._states_lock:  # the archive's desired indexes, this shard's copy of them
+                self._states = {d.spec.key: d for d in (IndexState.from_dict(x) for x in meta["states"])}
+                tx.set_indexes(self._cid, [st.to_dict() for st in self._states.values()])
+        self.shard.drop()  # the empty shard: its applier and its (empty) index directory
+        staged, iset = self._dir / f"restore-{token}" / "indexes", None
+        if meta["staged"] and staged.is_dir():
+            try:
+                iset = IndexSet.load(staged, id_offset=int(meta["id_offset"]))
+                iset.save(self._dir / "indexes")
+            except Exception as exc:  # the rows are committed; the indexes are rebuilt from them
+                log.warning("staged index snapshot unusable, rebuilding", exc_info=exc,
+                            extra={"fields": {"shard": self.label}})
+                iset = None
+                shutil.rmtree(self._dir / "indexes", ignore_errors=True)
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        self.shard = CollectionShard(self._cid, self.shard.name, config, self._store, self._dir / "indexes",
+                                     snapshot_every=self._snapshot_every, on_index=self._on_index)
+        with self._states_lock:
+            ready = [s.spec for s in self._states.values() if s.status == "ready"]
+            building = [s.spec for s in self._states.values() if s.status == "building"]
+        self.shard.load(ready, building, int(meta["last_seq"]), iset)
+        return n
+
+    def stage(self, token: int, name: str, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` of file `name` of restore `token`'s staged index snapshot."""
+        if not re.fullmatch(r"indexes/[A-Za-z0-9][A-Za-z0-9._-]{0,90}", name):
+            raise InvalidInput("name", f"not a staged file name: {name[:80]!r}")
+        path = self._dir / f"restore-{token}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "r+b" if offset else "wb") as f:
+            f.seek(offset)
+            f.write(data)
+            os.fsync(f.fileno())
+
+    # --- this shard's part of a collection archive (service/snapshots.py) -----------------------
+
+    def archive_hold(self, token: int) -> dict[str, Any]:
+        """Hold this shard's part of archive `token` at its committed state (the coordinator holds
+        the collection's writes meanwhile): its rows in a pinned SQLite read, its indexes copied in
+        memory. Its count, write sequence and, when the indexes are left out, why."""
+        with self._states_lock:
+            building = sorted(k for k, s in self._states.items() if s.status == "building")
+        stack = ExitStack()
+        with self._write:
+            last_seq = self._store.last_seq(self._cid)
+            with self.shard.held(last_seq, building) as held:
+                pinned = stack.enter_context(self._store.pinned(self._cid))
+                captured = held.iset.capture() if held.iset is not None else None
+        self._archives[token] = (stack, pinned, captured)
+        return {"count": held.count, "last_seq": last_seq, "reason": held.rebuild_reason}
+
+    def archive_write(self, token: int) -> dict[str, Any]:
+        """Write held part `token` out beside the shard's files: points.sqlite3 and indexes/ (the
+        archive's layout); its count, smallest and largest internal id, and files with their sizes."""
+        from indexes import persist
+        from service.snapshots import INDEXES, POINTS, write_points
+
+        held = self._archives.get(token)
+        if held is None:
+            raise ShardUnavailable(self.label, "it restarted while the snapshot was taken")
+        stack, pinned, captured = held
+        work = self._dir / f"archive-{token}"
+        try:
+            work.mkdir()
+            if captured is not None:
+                persist.write(captured, work / INDEXES)
+            count, lo, hi = write_points(work / POINTS, pinned.rows())
+        finally:
+            self._archives[token] = (stack, None, None)
+            stack.close()
+        files = [POINTS] + ([f"{INDEXES}/{p.name}" for p in sorted((work / INDEXES).iterdir())]
+                            if captured is not None else [])
+        return {"count": count, "iids": [lo, hi], "files": {f: (work / f).stat().st_size for f in files}}
+
+    def archive_read(self, token: int, name: str, offset: int, size: int) -> bytes:
+        """`size` bytes from `offset` of file `name` of written part `token`."""
+        if token not in self._archives or ".." in name:
+            raise ShardUnavailable(self.label, "it restarted while the snapshot was taken")
+        with open(self._dir / f"archive-{token}" / name, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def archive_end(self, token: int) -> None:
+        held = self._archives.pop(token, None)
+        if held is not None:
+            held[0].close()
+        shutil.rmtree(self._dir / f"archive-{token}", ignore_errors=True)
 
     def resolve(self, committed: Sequence[int], settled_below: int | None = None) -> None:
         """After a crash: publish the prepared writes in `committed` (in token order), drop the

@@ -26,13 +26,27 @@ their order (shifted past the target database's ids when needed), so ties break 
 graphs are reused as they are: the restored collection answers exactly as the original did.
 Checksums catch damage, not malice: an archive crafted with matching checksums is checked for
 shape and values, but its FAISS graph is trusted as the server trusts its own index snapshots.
+
+A sharded collection (issue 13; format version 2) is archived as its parts: `shards/<j>/points.sqlite3`
+and `shards/<j>/indexes/…`, each shard's rows and indexes at its own write sequence, listed in the
+manifest's `shards` (count, last_seq, iids, index_snapshot). Under the collection's write lock every
+committed write is published on every shard, then each actor pins its rows and copies its indexes
+(`ShardActor.archive_hold`); after the lock each writes its part beside its files and the
+coordinator copies it over Ray (`Coordinator.archive_parts`). A restore checks every part as above,
+and that each row is in the part its id routes to, that no id or internal id is in two parts. Into
+the archive's own shard count each part goes back to its shard with its index snapshot; into
+another count (an unsharded archive into 3 shards, 3 into 1) every row goes to the shard its id
+routes to (`shard_of`) and the indexes are rebuilt. Onto Ray the restore is a sharded write
+(prepare each part, commit in the catalog, publish: `Coordinator.restore_sharded`), all or nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -51,25 +65,31 @@ import numpy as np
 from core.errors import InvalidInput, NotFound, StorageError
 from indexes import persist
 from indexes.knn import IndexSet, IndexSpec
-from service.catalog import CollectionConfig, check_name
+from service.catalog import MAX_SHARDS, CollectionConfig, check_name
 from service.coordinator import CollectionInfo, Coordinator, HeldCollection
+from service.ray_shards import shard_of
 from service.schemas import MAX_ID, MAX_ID_CHARS
 from service.store import Transaction
 
 log = logging.getLogger("logitsearch.snapshots")
 
 FORMAT = "logitsearch-collection-snapshot"
-VERSION = 1
+#: the format written, and the newest this reads: 1 held one collection's points and indexes; 2 adds
+#: a sharded collection's parts under shards/<j>/ (an unsharded one is laid out as in 1)
+VERSION = 2
 MANIFEST = "manifest.json"
 POINTS = "points.sqlite3"
 INDEXES = "indexes"
+SHARDS = "shards"
+#: rows per prepared part when a restore goes to Ray shards
+RESTORE_CHUNK = 8192
 #: `PRAGMA application_id` of points.sqlite3 ("LGSN")
 APPLICATION_ID = 0x4C47534E
 BLOCK = 512
 RECORD = 20 * BLOCK  # tarfile pads the archive to whole records of 20 blocks
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 COPY_CHUNK = 1 << 20
-_MEMBER = re.compile(r"(points\.sqlite3|indexes/[A-Za-z0-9][A-Za-z0-9._-]{0,90})")
+_MEMBER = re.compile(r"(shards/(0|[1-9][0-9]{0,2})/)?(points\.sqlite3|indexes/[A-Za-z0-9][A-Za-z0-9._-]{0,90})")
 _SNAPSHOT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.tar")
 _POINTS_SQL = ("CREATE TABLE points (iid INTEGER PRIMARY KEY, ext NOT NULL, seq INTEGER NOT NULL, "
                "vector BLOB NOT NULL, payload TEXT)")
@@ -182,26 +202,51 @@ class Snapshots:
         try:
             with contextlib.ExitStack() as stack:
                 with self.backend.writes_held(collection) as held:
-                    pinned = stack.enter_context(self.backend.store.pinned(held.cid))
-                    if pinned.last_seq != held.last_seq:  # cannot happen: the lock holds every write
-                        raise StorageError(f"collection {collection!r} moved while its snapshot began; retry")
-                    captured = held.iset.capture() if held.iset is not None else None
-                # writes go on from here; the pinned read and the copy keep the state of `held`
+                    if held.parts is None:
+                        pinned = stack.enter_context(self.backend.store.pinned(held.cid))
+                        if pinned.last_seq != held.last_seq:  # cannot happen: the lock holds every write
+                            raise StorageError(f"collection {collection!r} moved while its snapshot began; retry")
+                        captured = held.iset.capture() if held.iset is not None else None
+                # writes go on from here; the pinned reads and the copies keep the state of `held`
+                if held.parts is not None:
+                    return self._pack_sharded(work, held)
                 if captured is not None:
                     persist.write(captured, work / INDEXES)
                     del captured
-                count, lo, hi = _write_points(work / POINTS, pinned.rows())
+                count, lo, hi = write_points(work / POINTS, pinned.rows())
             if count != held.count:
                 raise StorageError(f"collection {collection!r}: {count} rows copied, {held.count} expected")
-            return self._pack(work, held, count, (lo, hi), held.iset is not None)
+            members = [POINTS] + ([f"{INDEXES}/{p.name}" for p in sorted((work / INDEXES).iterdir())]
+                                  if held.iset is not None else [])
+            return self._pack(work, held, count, (lo, hi), held.iset is not None, members)
         except OSError as exc:  # a full or read-only disk: nothing is kept
             raise StorageError(f"cannot write the snapshot under {self.root}: {exc.strerror or exc}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def _pack_sharded(self, work: Path, held: HeldCollection) -> SnapshotInfo:
+        """A sharded collection's archive (format 2): each shard's part, written by its actor and
+        copied here, under shards/<j>/ with the layout of a whole collection's."""
+        written = self.backend.archive_parts(held, work / SHARDS)
+        members: list[str] = []
+        parts: list[dict[str, Any]] = []
+        for j, (part, h) in enumerate(zip(written, held.parts or [])):
+            names = sorted(part["files"], key=lambda f: (f != POINTS, f))
+            members += [f"{SHARDS}/{j}/{f}" for f in names]
+            parts.append({"count": part["count"], "last_seq": h["last_seq"], "iids": part["iids"],
+                          "index_snapshot": {"included": any(f.startswith(f"{INDEXES}/") for f in names),
+                                             "reason": h["reason"]}})
+        count = sum(p["count"] for p in parts)
+        if count != held.count:
+            raise StorageError(f"collection {held.name!r}: {count} rows copied, {held.count} expected")
+        los = [p["iids"][0] for p in parts if p["iids"][0] is not None]
+        his = [p["iids"][1] for p in parts if p["iids"][1] is not None]
+        span = (min(los), max(his)) if los else (None, None)
+        included = all(p["index_snapshot"]["included"] for p in parts)
+        return self._pack(work, held, count, span, included, members, {"shards": parts})
+
     def _pack(self, work: Path, held: HeldCollection, count: int, iids: tuple[int | None, int | None],
-              indexes: bool) -> SnapshotInfo:
-        members = [POINTS] + ([f"{INDEXES}/{p.name}" for p in sorted((work / INDEXES).iterdir())] if indexes else [])
+              indexes: bool, members: list[str], sharded: dict[str, Any] | None = None) -> SnapshotInfo:
         files: dict[str, dict[str, Any]] = {}
         for name in members:
             if not _MEMBER.fullmatch(name):
@@ -214,7 +259,7 @@ class Snapshots:
             "collection": held.name, "config": held.config.to_dict(), "indexes": held.indexes,
             "last_seq": held.last_seq, "count": count, "iids": None if iids[0] is None else list(iids),
             "index_snapshot": {"included": indexes, "reason": held.rebuild_reason},
-            "files": files, "archive_bytes": 0}
+            "files": files, "archive_bytes": 0, **(sharded or {})}
         text = b""
         for _ in range(8):  # the size is written inside the manifest: iterate to the fixed point
             manifest["manifest_sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
@@ -247,10 +292,16 @@ class Snapshots:
 
     # --- restoring -------------------------------------------------------------------------------
 
-    def restore(self, collection: str, read: Callable[[], bytes | None]) -> CollectionInfo:
+    def restore(self, collection: str, read: Callable[[], bytes | None], shards: int | None = None) -> CollectionInfo:
         """Restore the archive read from `read` (chunks, b''/None at the end) into `collection`, a
-        new or empty one; InvalidInput naming the reason, and nothing written, if it is not sound."""
+        new or empty one, with `shards` shards (None: the archive's own count; rows re-routed by
+        their ids when it differs); InvalidInput naming the reason, and nothing written, if it is
+        not sound."""
         check_name(collection)
+        if shards is not None:
+            if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+                raise InvalidInput("shards", f"must be a whole number in [1, {MAX_SHARDS}], got {shards!r}")
+            self._check_ray(shards)  # before the upload is read
         work = self._work()
         try:
             upload = work / "upload.tar"
@@ -263,43 +314,105 @@ class Snapshots:
                                    f"{exc.strerror or exc}; nothing was written") from exc
             checked = _verify(upload, work / "x")
             upload.unlink()
-            offset_box: list[int] = []
-
-            def fill(tx: Transaction, cid: int) -> int:
-                lo, hi = checked.iids
-                start = tx.allocate(0)  # the next free internal id of this database
-                offset = max(0, start - lo) if lo is not None else 0
-                if hi is not None:
-                    tx.allocate(max(0, hi + offset + 1 - start))
-                tx.restore_points(cid, ((iid + offset, ext, seq, vector, payload) for batch in
-                                        _read_points(checked.points) for iid, ext, seq, vector, payload in batch))
-                if checked.config.payload_index:  # the declared keys, indexed in the same transaction
-                    tx.index_payloads(cid, checked.config.payload_index)
-                offset_box.append(offset)
-                return offset
-
-            place = None
-            if checked.indexes is not None and checked.iset is not None:
-                loaded, where = checked.iset, checked.indexes
-
-                def place(directory: Path, offset: int) -> IndexSet:
-                    iset = loaded if offset == 0 else persist.load(IndexSet, where, id_offset=offset)
-                    iset.save(directory)
-                    return iset
-
-            info = self.backend.restore_collection(collection, checked.config, checked.manifest["indexes"],
-                                                   checked.manifest["last_seq"], fill, place)
+            n = shards if shards is not None else checked.config.shards
+            if n is not None:
+                self._check_ray(n)
+                if not self.backend.settings.ray_address:
+                    n = None  # one shard without Ray: an ordinary collection, as at create
+            config = dataclasses.replace(checked.config, shards=n)
+            if n is None:
+                info = self._restore_here(collection, checked, config)
+            else:
+                info = self._restore_sharded(collection, checked, config, n)
             log.info("snapshot restored", extra={"fields": {"collection": collection, "points": info.count,
-                                                            "id_offset": offset_box[0] if offset_box else 0}})
+                                                            "shards": n or 1}})
             return info
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _check_ray(self, shards: int) -> None:
+        if shards > 1 and not self.backend.settings.ray_address:
+            raise InvalidInput("shards", f"{shards} shards need Ray: set LOGITSEARCH_RAY_ADDRESS (`local`, or a "
+                                         "Ray cluster's address), or restore with ?shards=1")
+
+    def _restore_here(self, collection: str, checked: _Checked, config: CollectionConfig) -> CollectionInfo:
+        """Into an ordinary collection of this server, in ONE transaction (the rows of every part,
+        in internal-id order); the archive's index snapshot is reused when it has one whole."""
+
+        def fill(tx: Transaction, cid: int) -> int:
+            lo, hi = checked.iids
+            start = tx.allocate(0)  # the next free internal id of this database
+            offset = max(0, start - lo) if lo is not None else 0
+            if hi is not None:
+                tx.allocate(max(0, hi + offset + 1 - start))
+            tx.restore_points(cid, ((iid + offset, ext, seq, vector, payload)
+                                    for iid, ext, seq, vector, payload in _merged(checked)))
+            if config.payload_index:  # the declared keys, indexed in the same transaction
+                tx.index_payloads(cid, config.payload_index)
+            return offset
+
+        place = None
+        whole = checked.parts[0] if checked.sharded is None else None
+        if whole is not None and whole.indexes is not None and whole.iset is not None:
+            loaded, where = whole.iset, whole.indexes
+
+            def place(directory: Path, offset: int) -> IndexSet:
+                iset = loaded if offset == 0 else persist.load(IndexSet, where, id_offset=offset)
+                iset.save(directory)
+                return iset
+
+        return self.backend.restore_collection(collection, config, checked.manifest["indexes"],
+                                               checked.manifest["last_seq"], fill, place)
+
+    def _restore_sharded(self, collection: str, checked: _Checked, config: CollectionConfig,
+                         n: int) -> CollectionInfo:
+        """Into a new collection of `n` Ray shards: with the archive's own count each part goes to
+        its shard with its index snapshot; otherwise every row goes to the shard its id routes to
+        and each shard rebuilds its indexes from its rows."""
+        last_seq = int(checked.manifest["last_seq"])
+
+        def send(offset: int, rows: Callable[[int, list[Any], dict[str, Any]], None],
+                 stage: Callable[[int, str, Path], None]) -> None:
+            if checked.sharded == n:
+                for j, part in enumerate(checked.parts):
+                    meta = {"last_seq": part.last_seq, "staged": part.iset is not None}
+                    if part.iset is not None and part.indexes is not None and part.count:
+                        for f in sorted(part.indexes.iterdir()):
+                            stage(j, f"{INDEXES}/{f.name}", f)
+                    sent = False
+                    for batch in _read_points(part.points, RESTORE_CHUNK):
+                        rows(j, [(iid + offset, *rest) for iid, *rest in batch], meta)
+                        sent = True
+                    if not sent:  # an empty shard still takes the archive's index list
+                        rows(j, [], meta)
+                return
+            meta = {"last_seq": last_seq, "staged": False}
+            buffers: list[list[Any]] = [[] for _ in range(n)]
+            sent_to = [False] * n
+            for iid, ext, seq, vector, payload in _merged(checked):
+                j = shard_of(ext, n)
+                buffers[j].append((iid + offset, ext, seq, vector, payload))
+                if len(buffers[j]) >= RESTORE_CHUNK:
+                    rows(j, buffers[j], meta)
+                    buffers[j], sent_to[j] = [], True
+            for j, batch in enumerate(buffers):
+                if batch or not sent_to[j]:
+                    rows(j, batch, meta)
+
+        return self.backend.restore_sharded(collection, config, checked.manifest["indexes"], last_seq,
+                                            checked.iids, send)
+
+
+def _merged(checked: _Checked) -> Iterator[tuple[int, Any, int, bytes, str | None]]:
+    """The rows of every part of an archive, in internal-id (insertion) order."""
+    streams = [(row for batch in _read_points(part.points) for row in batch) for part in checked.parts]
+    return heapq.merge(*streams, key=lambda row: row[0])  # type: ignore[no-any-return]
 
 
 # --- writing the points file -----------------------------------------------------------------------
 
 
-def _write_points(path: Path, batches: Iterator[list[tuple[Any, ...]]]) -> tuple[int, int | None, int | None]:
+def write_points(path: Path, batches: Iterator[list[tuple[Any, ...]]]) -> tuple[int, int | None, int | None]:
     """points.sqlite3 from the pinned rows; (count, smallest iid, largest iid)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -327,13 +440,25 @@ def _write_points(path: Path, batches: Iterator[list[tuple[Any, ...]]]) -> tuple
 
 
 @dataclass(frozen=True)
-class _Checked:
-    manifest: dict[str, Any]
-    config: CollectionConfig
+class _Part:
+    """One collection's rows and indexes in an archive: the whole of an unsharded one, one shard's."""
+
     points: Path
     indexes: Path | None
     iset: IndexSet | None  # loaded from `indexes` (ids as archived)
+    last_seq: int
+    count: int
+
+
+@dataclass(frozen=True)
+class _Checked:
+    manifest: dict[str, Any]
+    config: CollectionConfig
+    parts: list[_Part]
+    #: the smallest and largest internal id over every part
     iids: tuple[int | None, int | None]
+    #: the archive's shard count (format 2), None for an unsharded collection's
+    sharded: int | None
 
 
 def _snapshot_info(path: Path, m: dict[str, Any]) -> SnapshotInfo:
@@ -443,6 +568,7 @@ def _verify(upload: Path, out: Path) -> _Checked:
                 raise _refused(f"{name} has {info.size} bytes, its manifest says {want.get('bytes')}")
             h = hashlib.sha256()
             left = info.size
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             with open(out / name, "wb") as dst:
                 while left:
                     chunk = f.read(min(left, COPY_CHUNK))
@@ -457,8 +583,6 @@ def _verify(upload: Path, out: Path) -> _Checked:
     missing = sorted(set(files) - seen)
     if missing:
         raise _refused(f"the archive lacks {', '.join(missing)}, which its manifest lists")
-    if POINTS not in files:
-        raise _refused(f"the archive has no {POINTS}")
     return _check_contents(m, out)
 
 
@@ -483,18 +607,50 @@ def _check_contents(m: dict[str, Any], out: Path) -> _Checked:
             keys.add(key)
         except (InvalidInput, KeyError, TypeError, ValueError) as exc:
             raise _refused(f"{MANIFEST}: indexes.{i} is invalid ({exc})") from None
-    points = out / POINTS
-    n, lo, hi, vectors = _check_points(points, config.dim, last_seq)
-    if n != count:
-        raise _refused(f"{POINTS} holds {n} points, its manifest says {count}")
-    indexes = iset = None
-    if (m.get("index_snapshot") or {}).get("included"):
-        indexes = out / INDEXES
-        iset = _check_indexes(indexes, m, config, n, vectors)
-    return _Checked(m, config, points, indexes, iset, (lo, hi))
+    files: dict[str, Any] = m["files"]
+    sharded = m.get("shards")
+    if sharded is None:
+        if config.shards is not None and config.shards > 1:
+            raise _refused(f"{MANIFEST}: a config of {config.shards} shards without their parts")
+        entries: list[tuple[str, dict[str, Any]]] = [("", {"last_seq": last_seq, "count": count,
+                                                          "index_snapshot": m.get("index_snapshot")})]
+    else:
+        if int(m["version"]) < 2 or not isinstance(sharded, list) or config.shards != len(sharded) \
+                or not all(isinstance(e, dict) for e in sharded):
+            raise _refused(f"{MANIFEST}: its shards do not match its config ({config.shards} shards)")
+        entries = [(f"{SHARDS}/{j}/", e) for j, e in enumerate(sharded)]
+    exts: set[Any] = set()
+    held: list[np.ndarray] = []
+    parts: list[_Part] = []
+    for j, (prefix, e) in enumerate(entries):
+        try:
+            part_seq, part_count = int(e["last_seq"]), int(e["count"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _refused(f"{MANIFEST}: shards.{j} lacks a field ({exc})") from None
+        if not 0 <= part_seq <= last_seq:
+            raise _refused(f"{MANIFEST}: shards.{j} has write sequence {part_seq}, not in [0, {last_seq}]")
+        name = f"{prefix}{POINTS}"
+        if name not in files:
+            raise _refused(f"the archive has no {name}")
+        owner = (j, len(entries)) if sharded is not None else None
+        n, vectors = _check_points(out / name, config.dim, part_seq, name=name, exts=exts, owner=owner, iids=held)
+        if n != part_count:
+            raise _refused(f"{name} holds {n} points, its manifest says {part_count}")
+        indexes = iset = None
+        if (e.get("index_snapshot") or {}).get("included"):
+            indexes = out / f"{prefix}{INDEXES}"
+            iset = _check_indexes(indexes, m["indexes"], part_seq, config, n, vectors, f"{prefix}{INDEXES}")
+        parts.append(_Part(out / name, indexes, iset, part_seq, n))
+    every = np.concatenate(held) if held else np.empty(0, np.int64)
+    if every.size != count:
+        raise _refused(f"the archive holds {every.size} points, its manifest says {count}")
+    if np.unique(every).size != every.size:
+        raise _refused("an internal id appears in two shards")
+    span = (int(every.min()), int(every.max())) if every.size else (None, None)
+    return _Checked(m, config, parts, span, None if sharded is None else len(entries))
 
 
-def _open_points(path: Path) -> sqlite3.Connection:
+def _open_points(path: Path, name: str = POINTS) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
         conn.execute("PRAGMA trusted_schema = OFF")
@@ -502,34 +658,37 @@ def _open_points(path: Path) -> sqlite3.Connection:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         schema = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     except sqlite3.Error as exc:
-        raise _refused(f"{POINTS} is not a readable SQLite database ({exc})") from None
+        raise _refused(f"{name} is not a readable SQLite database ({exc})") from None
     if app_id != APPLICATION_ID or schema != [("table", "points", _POINTS_SQL)]:
         conn.close()
-        raise _refused(f"{POINTS} is not a logitsearch snapshot's points table")
+        raise _refused(f"{name} is not a logitsearch snapshot's points table")
     return conn
 
 
-def _read_points(path: Path, chunk: int = 8192) -> Iterator[list[tuple[int, Any, int, bytes, str | None]]]:
-    conn = _open_points(path)
+def _read_points(path: Path, chunk: int = 8192, *, name: str = POINTS
+                 ) -> Iterator[list[tuple[int, Any, int, bytes, str | None]]]:
+    conn = _open_points(path, name)
     try:
         cur = conn.execute("SELECT iid, ext, seq, vector, payload FROM points ORDER BY iid")
         while batch := cur.fetchmany(chunk):
             yield batch
     except sqlite3.Error as exc:
-        raise _refused(f"{POINTS} cannot be read ({exc})") from None
+        raise _refused(f"{name} cannot be read ({exc})") from None
     finally:
         conn.close()
 
 
-def _check_points(path: Path, dim: int, last_seq: int) -> tuple[int, int | None, int | None, bytes]:
-    """Every row of points.sqlite3 checked as an upsert would be; (count, min iid, max iid, the
-    vectors in iid order as float32 bytes)."""
-    n, lo, hi = 0, None, None
-    exts: set[Any] = set()
+def _check_points(path: Path, dim: int, last_seq: int, *, name: str = POINTS, exts: set[Any] | None = None,
+                  owner: tuple[int, int] | None = None, iids: list[np.ndarray] | None = None) -> tuple[int, bytes]:
+    """Every row of a points.sqlite3 (`name` in the archive) checked as an upsert would be; (count,
+    the vectors in iid order as float32 bytes). `exts`: the ids seen in other parts (an id is in
+    one part only); `owner` (j, n): each id must route to shard j of n; the iids go to `iids`."""
+    n = 0
+    exts = set() if exts is None else exts
     blobs: list[bytes] = []
-    for batch in _read_points(path):
+    for batch in _read_points(path, name=name):
         for j, (iid, ext, seq, vector, payload) in enumerate(batch):
-            where = f"{POINTS} row {n + j} (iid {iid})"
+            where = f"{name} row {n + j} (iid {iid})"
             if not isinstance(iid, int) or not 0 <= iid <= MAX_ID // 2:
                 raise _refused(f"{where}: internal id out of range")
             if isinstance(ext, int):
@@ -540,6 +699,8 @@ def _check_points(path: Path, dim: int, last_seq: int) -> tuple[int, int | None,
             if ext in exts:
                 raise _refused(f"{where}: id {ext!r} appears twice")
             exts.add(ext)
+            if owner is not None and shard_of(ext, owner[1]) != owner[0]:
+                raise _refused(f"{where}: id {ext!r} belongs to shard {shard_of(ext, owner[1])}, not {owner[0]}")
             if not isinstance(seq, int) or not 0 <= seq <= last_seq:
                 raise _refused(f"{where}: write sequence {seq!r} is not in [0, {last_seq}]")
             if not isinstance(vector, bytes) or len(vector) != 4 * dim:
@@ -555,32 +716,33 @@ def _check_points(path: Path, dim: int, last_seq: int) -> tuple[int, int | None,
         finite = np.isfinite(np.frombuffer(chunk, dtype="<f4").reshape(len(batch), dim)).all(axis=1)
         if not finite.all():
             j = int(np.argmin(finite))
-            raise _refused(f"{POINTS} row {n + j} (iid {batch[j][0]}): the vector holds NaN or infinity")
+            raise _refused(f"{name} row {n + j} (iid {batch[j][0]}): the vector holds NaN or infinity")
         blobs.append(chunk)
-        lo = batch[0][0] if lo is None else lo
-        hi = batch[-1][0]
+        if iids is not None:
+            iids.append(np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch)))
         n += len(batch)
-    return n, lo, hi, b"".join(blobs)
+    return n, b"".join(blobs)
 
 
-def _check_indexes(path: Path, m: dict[str, Any], config: CollectionConfig, n: int, vectors: bytes) -> IndexSet:
-    """The index snapshot, loaded (persist checks its own manifest, sizes and checksums), holding
-    exactly the points' vectors (`vectors`: n rows in iid order), at the manifest's sequence, with
-    the ready indexes."""
+def _check_indexes(path: Path, indexes: list[dict[str, Any]], last_seq: int, config: CollectionConfig, n: int,
+                   vectors: bytes, name: str = INDEXES) -> IndexSet:
+    """The index snapshot `name`, loaded (persist checks its own manifest, sizes and checksums),
+    holding exactly the points' vectors (`vectors`: n rows in iid order), at write sequence
+    `last_seq`, with the ready indexes."""
     try:
         iset = persist.load(IndexSet, path)
     except StorageError as exc:
-        raise _refused(f"the index snapshot is damaged ({str(exc).replace(str(path), INDEXES)})") from None
-    ready = {IndexSpec.from_dict(d["spec"]).key for d in m["indexes"] if d["status"] == "ready"}
+        raise _refused(f"the index snapshot {name} is damaged ({str(exc).replace(str(path), name)})") from None
+    ready = {IndexSpec.from_dict(d["spec"]).key for d in indexes if d["status"] == "ready"}
     have = {s.key for s in iset.specs()}
-    if iset.dim != config.dim or iset.last_seq != int(m["last_seq"]) or not ready <= have:
-        raise _refused("the index snapshot does not match the manifest (dimension, sequence or indexes)")
+    if iset.dim != config.dim or iset.last_seq != last_seq or not ready <= have:
+        raise _refused(f"the index snapshot {name} does not match the manifest (dimension, sequence or indexes)")
     ids, rows = iset.matrix()
     if ids.size != n:
-        raise _refused(f"the index snapshot holds {ids.size} points, {POINTS} {n}")
+        raise _refused(f"the index snapshot {name} holds {ids.size} points, its points {n}")
     order = np.argsort(ids)
     if not np.array_equal(np.frombuffer(vectors, dtype="<f4").reshape(rows.shape), rows[order]):
-        raise _refused(f"the index snapshot's vectors differ from {POINTS}")
+        raise _refused(f"the index snapshot {name}'s vectors differ from its points")
     return iset
 
 

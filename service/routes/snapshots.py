@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
+from service.catalog import MAX_SHARDS
 from service.problems import ProblemRoute
 from service.routes.collections import collection_out
 from service.routes.points import BodySource
@@ -51,15 +52,21 @@ def list_snapshots(name: str, request: Request) -> SnapshotsOut:
 @router.put("/upload", response_model=CollectionOut, status_code=201, openapi_extra={"requestBody": _TAR_BODY},
             summary="Restore a snapshot into a new or empty collection (streamed body)",
             responses={415: {"description": "neither application/x-tar nor application/octet-stream"}})
-def restore_snapshot(name: str, request: Request) -> CollectionOut:
+def restore_snapshot(name: str, request: Request,
+                     shards: int | None = Query(None, ge=1, le=MAX_SHARDS, description=(
+                         "shards of the restored collection (default: the archive's own count); more than 1 "
+                         "needs Ray (LOGITSEARCH_RAY_ADDRESS). When it differs from the archive's, each point "
+                         "goes to the shard its id routes to and the indexes are rebuilt there"))) -> CollectionOut:
     """The body is a snapshot archive (`Content-Type: application/x-tar`), streamed to disk and
     checked whole (format, version, sizes, sha256 of every member, the rows themselves) before
     anything is written; a damaged, truncated or foreign archive answers 422 naming the reason. The
-    collection `name` must not exist, or be empty with the same configuration (409 otherwise)."""
+    collection `name` must not exist, or be empty with the same configuration (409 otherwise; a
+    sharded restore needs a new name). A sharded restore is all or nothing: a shard that fails
+    before it commits answers 503 naming the shard and leaves no collection behind."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in UPLOAD_TYPES:
         raise HTTPException(415, "send the snapshot archive as application/x-tar (or application/octet-stream)")
-    return collection_out(snapshots_of(request).restore(name, BodySource(request)))
+    return collection_out(snapshots_of(request).restore(name, BodySource(request), shards))
 
 
 @router.get("/{snapshot}", response_class=FileResponse, summary="Download a snapshot (tar, streamed)",
