@@ -34,7 +34,7 @@ def test_validation_errors_list_every_field_with_a_dotted_path(client):
 def test_a_bug_is_a_generic_500_with_one_log_line_and_no_exception_text(client, monkeypatch, caplog):
     client.put(f"{C}/v", json={"dim": 2, "metrics": ["euc"]})
 
-    def broken(self, name, queries):
+    def broken(self, name, queries, **options):
         raise RuntimeError("secret internals /etc/passwd")
 
     monkeypatch.setattr(Coordinator, "search", broken)
