@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.ray.conftest import full_ray_suite
+
+pytestmark = full_ray_suite
+
 from tests.ray.conftest import ray_client
 
 C = "/v1/collections"

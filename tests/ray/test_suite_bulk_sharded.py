@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ray.conftest import full_ray_suite
+
+pytestmark = full_ray_suite
+
 from tests.service.test_bulk import (  # noqa: F401  (collected here, with this module's `client`)
     coll,
     test_a_bulk_upload_replaces_existing_points,

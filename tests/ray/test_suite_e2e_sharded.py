@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ray.conftest import full_ray_suite
+
+pytestmark = full_ray_suite
+
 from tests.e2e import conftest as e2e
 from tests.e2e import test_service
 from tests.e2e.test_service import (  # noqa: F401  (collected here, with this module's servers)

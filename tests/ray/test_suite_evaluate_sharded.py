@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ray.conftest import full_ray_suite
+
+pytestmark = full_ray_suite
+
 from tests.ray.conftest import SUITE_SHARDS, ray_client
 from tests.service.test_evaluate import (  # noqa: F401  (collected here, with this module's `client`)
     _fill,

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ray.conftest import full_ray_suite
+
+pytestmark = full_ray_suite
+
 from tests.service.test_filters import (  # noqa: F401  (collected here, with this module's `client`)
     filled,
     test_a_batch_applies_each_searchs_own_filter,

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ray.conftest import full_ray_suite
+
+pytestmark = full_ray_suite
+
 from tests.service.test_search import (  # noqa: F401  (collected here with this module's `client`)
     test_batch_search_answers_like_single_searches,
     test_hnsw_exact_flag_gives_the_brute_force_answer,
