@@ -303,10 +303,15 @@ class MetricIndex(ABC):
         return None
 
     @abstractmethod
-    def build(self, table: Table, progress: Callable[[float], None] | None) -> F32 | None:
+    def build(self, table: Rows, progress: Callable[[float], None] | None) -> F32 | None:
         """Embed every row of the table; returns the column for flat indexes."""
 
-    def upsert(self, ids: Ids, E: F32, stats: embed.Stats) -> None:
+    def embed(self, X: F32) -> tuple[F32 | None, embed.Stats]:
+        """(what this index stores for raw rows X, their certificate statistics): the metric's
+        embedding (embed.rows); a flat index stores less (FlatIndex)."""
+        return embed.rows(self.spec.metric, self.spec.temperature, X)
+
+    def upsert(self, ids: Ids, E: F32 | None, stats: embed.Stats) -> None:
         self.stats = self.stats.merge(stats)
 
     def remove(self, ids: Ids) -> None:
@@ -325,11 +330,14 @@ class MetricIndex(ABC):
         """FAISS's kp best (values, ids or table positions) per embedded query, -1 padded; with `rows`
         (table positions), among those rows only."""
 
-    def state(self) -> dict[str, Any]:
+    def state(self, *, lean: bool = False) -> dict[str, Any]:
         """This index as plain data (copies) for `restore`: "stats", the certificate's statistics
         [norm, pmin, pmax]; hnsw and ivf add "faiss" (faiss.serialize_index's uint8 array) and
         "radius" (the CED lift's), hnsw "labels" (int64 id of each HNSW label) and "alive" (bool).
-        A flat index is a pure function of the table's rows, so its state is the statistics alone."""
+        A flat index is a pure function of the table's rows, so its state is the statistics alone.
+        `lean` (a shard's own snapshot, issue 16): hnsw keeps its graph without the vectors ("graph")
+        plus the vectors of its dead labels ("tombs"); the live ones are embedded again from the table
+        at restore, so the snapshot holds no second copy of them."""
         st = self.stats
         return {"stats": [st.norm, st.pmin, st.pmax]}
 
@@ -357,45 +365,127 @@ class MetricIndex(ABC):
         return True
 
 
-def _embed_table(spec: IndexSpec, table: Table, progress: Callable[[float], None] | None,
-                 sink: Callable[[int, F32], None]) -> embed.Stats:
+class Rows:
+    """What a build reads (`IndexSet.add_index`): the set's live table, read a block at a time, until
+    the first write during the build; that write first copies the table here (`detach`), so a build
+    costs no second copy of the rows unless writes go on meanwhile (issue 16). Blocks are copied under
+    a lock, so a write never changes a row a build is embedding."""
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+        self._own = False
+        self._lock = threading.Lock()
+        self.dim = table.dim
+        self.n = table.n
+
+    @property
+    def table(self) -> Table:
+        """The rows the build saw: the live table if nothing was written meanwhile, else the copy."""
+        return self._table
+
+    def detach(self) -> None:
+        """Called by a writer (holding the set's write mutex) before it changes the live table."""
+        with self._lock:
+            if not self._own:
+                self._table, self._own = self._table.snapshot(), True
+
+    def block(self, s: int, e: int) -> tuple[Ids, F32]:
+        with self._lock:
+            return self._table.ids[s:e].copy(), self._table.rows[s:e].copy()
+
+    def take(self, pos: Ids) -> F32:
+        with self._lock:
+            return self._table.rows[pos]
+
+
+def _embed_table(ix: MetricIndex, table: Rows, progress: Callable[[float], None] | None,
+                 sink: Callable[[Ids, int, F32 | None], None]) -> embed.Stats:
+    """Embed the rows a block at a time (`ix.embed`), handing each block's ids, start and embedding
+    to `sink`; returns their statistics."""
     n = table.n
     step = max(1, (1 << 22) // max(table.dim, 1))
     stats = embed.Stats()
     for s in range(0, n, step):
-        E, st = embed.rows(spec.metric, spec.temperature, table.rows[s : s + step])
-        sink(s, E)
+        ids, X = table.block(s, s + step)
+        E, st = ix.embed(X)
+        sink(ids, s, E)
         stats = stats.merge(st)
         if progress is not None:
-            progress(min(1.0, (s + E.shape[0]) / n))
+            progress(min(1.0, (s + ids.size) / n))
     if progress is not None:
         progress(1.0)
     return stats
 
 
+def _scaled_ip_knn(V: F32, X: F32, scale: F32, kp: int, rows: Ids | None = None) -> tuple[F32, Ids]:
+    """The kp largest (V[r] . X[i]) * scale[i] per query r over the rows of X (or `rows`, positions in
+    X): (values, positions), best first, padded with (-inf, -1). Flat cosine over the raw table with
+    scale = 1/|x|, so no unit-vector copy of the table exists (issue 16). float32 BLAS, a block of rows
+    at a time (no copy of the table's rows; `rows` gathers GATHER_BYTES at a time): the products' error
+    is the classic gamma_w bound of any float32 dot product, so the certificate holds unchanged."""
+    m, n = V.shape[0], X.shape[0] if rows is None else rows.size
+    step = max(kp, min(exact.GATHER_BYTES // (4 * max(X.shape[1], 1)), exact.SCAN_BYTES // (4 * max(m, 1))))
+    best_v = np.full((m, 0), -np.inf, dtype=np.float32)
+    best_p = np.empty((m, 0), dtype=np.int64)
+    VT = np.ascontiguousarray(V.T)
+    for s in range(0, n, step):
+        pos = np.arange(s, min(n, s + step)) if rows is None else rows[s : s + step]
+        B = X[s : s + step] if rows is None else X[pos]
+        S = (B @ VT).T * scale[pos].reshape(1, -1)  # (m, block)
+        vals, at = np.hstack([best_v, S]), np.hstack([best_p, np.broadcast_to(pos, S.shape)])
+        if vals.shape[1] > kp:
+            part = np.argpartition(-vals, kp - 1, axis=1)[:, :kp]
+            vals, at = np.take_along_axis(vals, part, axis=1), np.take_along_axis(at, part, axis=1)
+        best_v, best_p = vals, at
+    order = np.argsort(-best_v, axis=1, kind="stable")
+    best_v, best_p = np.take_along_axis(best_v, order, axis=1), np.take_along_axis(best_p, order, axis=1)
+    if best_v.shape[1] < kp:
+        pad = kp - best_v.shape[1]
+        best_v = np.hstack([best_v, np.full((m, pad), -np.inf, dtype=np.float32)])
+        best_p = np.hstack([best_p, np.full((m, pad), -1, dtype=np.int64)])
+    return best_v.astype(np.float32, copy=False), best_p
+
+
 class FlatIndex(MetricIndex):
-    """Exact: the embedding lives in the table (moves with its rows) and FAISS scans it."""
+    """Exact: FAISS scans the metric's embedding in the table (a column that moves with its rows). euc
+    scans the rows themselves and cos the rows scaled by a column of 1/|x| (`_scaled_ip_knn`): only
+    tri and ced, whose embeddings truly differ from the rows, add a copy of the table (issue 16)."""
 
     @property
     def column(self) -> str | None:
         return None if self.spec.metric == "euc" else self.spec.key
 
-    def build(self, table: Table, progress: Callable[[float], None] | None) -> F32 | None:
-        out = np.empty((table.n, self.width), dtype=np.float32) if self.column else None
+    def embed(self, X: F32) -> tuple[F32 | None, embed.Stats]:
+        if self.spec.metric == "euc":
+            sq = np.einsum("ij,ij->i", X, X, dtype=np.float64) if X.shape[0] else np.zeros(1)
+            return None, embed.Stats(norm=float(np.sqrt(sq.max())))
+        if self.spec.metric == "cos":
+            sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+            inv = np.divide(1.0, np.sqrt(sq), out=np.zeros_like(sq), where=sq > 0)
+            return inv.astype(np.float32).reshape(-1, 1), embed.Stats(norm=1.0)
+        return super().embed(X)
 
-        def sink(s: int, E: F32) -> None:
-            if out is not None:
+    def build(self, table: Rows, progress: Callable[[float], None] | None) -> F32 | None:
+        width = 1 if self.spec.metric == "cos" else self.width
+        out = np.empty((table.n, width), dtype=np.float32) if self.column else None
+
+        def sink(ids: Ids, s: int, E: F32 | None) -> None:
+            if out is not None and E is not None:
                 out[s : s + E.shape[0]] = E
 
-        self.stats = _embed_table(self.spec, table, progress, sink)
+        self.stats = _embed_table(self, table, progress, sink)
         return out
 
     def vectors(self, table: Table) -> F32:
-        return table.rows if self.column is None else table.column(self.column)
+        return table.rows if self.column is None or self.spec.metric == "cos" else table.column(self.column)
 
     def candidates(self, V: F32, kp: int, table: Table, rows: Ids | None = None) -> tuple[F64, Ids]:
         _search_setup(*V.shape)
         vectors, metric = self.vectors(table), _FAISS_METRIC[self.space]
+        if self.spec.metric == "cos":
+            assert self.column is not None
+            D32, pos = _scaled_ip_knn(V, vectors, table.column(self.column).ravel(), kp, rows)
+            return D32.astype(np.float64), pos
         if rows is None:
             D, pos = _faiss_call("search", faiss.knn, V, vectors, kp, metric)
             return D.astype(np.float64), pos
@@ -436,9 +526,9 @@ class _FaissIndex(MetricIndex):
         self.radius = 0.0
         self.overflow = False
 
-    def _plan(self, table: Table) -> None:
+    def _plan(self, table: Rows) -> None:
         if self.mips:
-            self.radius = self.HEADROOM * _embed_table(self.spec, table, None, lambda s, E: None).norm
+            self.radius = self.HEADROOM * _embed_table(self, table, None, lambda ids, s, E: None).norm
 
     def _fit(self, E: F32) -> F32:
         return embed.lift(E, self.radius) if self.mips else E
@@ -446,26 +536,31 @@ class _FaissIndex(MetricIndex):
     def _query(self, V: F32) -> F32:
         return embed.lift(V, None) if self.mips else V
 
-    def upsert(self, ids: Ids, E: F32, stats: embed.Stats) -> None:
+    def upsert(self, ids: Ids, E: F32 | None, stats: embed.Stats) -> None:
         super().upsert(ids, E, stats)
         if self.mips and stats.norm > self.radius:
             self.overflow = True
 
-    def state(self) -> dict[str, Any]:
+    def state(self, *, lean: bool = False) -> dict[str, Any]:
         return {**super().state(), "radius": self.radius, "faiss": faiss.serialize_index(self.index)}
 
-    def _restored_index(self, state: Mapping[str, Any]) -> Any:
+    def _restored_index(self, state: Mapping[str, Any], field: str = "faiss", flags: int = 0) -> Any:
         key = self.spec.key
         try:
             self.radius = float(state["radius"])
-            data = state["faiss"]
+            data = state[field]
             blob = (np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview))
                     else np.ascontiguousarray(data, dtype=np.uint8))
         except (KeyError, TypeError, ValueError) as exc:
             raise StorageError(f"the state of {key} is damaged (no {exc})" if isinstance(exc, KeyError)
                                else f"the state of {key} is damaged ({exc})") from None
         try:
-            index = faiss.deserialize_index(blob)
+            if flags:
+                reader = faiss.VectorIOReader()
+                faiss.copy_array_to_vector(blob, reader.data)
+                index = faiss.read_index(reader, flags)
+            else:
+                index = faiss.deserialize_index(blob)
         except RuntimeError:
             raise StorageError(f"cannot read the FAISS index of {key}") from None
         if index.d != self.fwidth:
@@ -488,11 +583,12 @@ class HnswIndex(_FaissIndex):
         self.label_of: dict[int, int] = {}
         self.dead = 0
         self._selector: Any = None
+        #: a lean restore's dead-label vectors until `refill` gives the graph its storage
+        self._tombs: Any = None
 
-    def build(self, table: Table, progress: Callable[[float], None] | None) -> F32 | None:
+    def build(self, table: Rows, progress: Callable[[float], None] | None) -> F32 | None:
         self._plan(table)
-        self.stats = _embed_table(self.spec, table, progress,
-                                  lambda s, E: self._add(table.ids[s : s + E.shape[0]], E))
+        self.stats = _embed_table(self, table, progress, lambda ids, s, E: self._add(ids, _some(E)))
         return None
 
     def _add(self, ids: Ids, E: F32) -> None:
@@ -504,10 +600,10 @@ class HnswIndex(_FaissIndex):
         self.label_of.update(zip(ids.tolist(), labels.tolist()))
         self._selector = None
 
-    def upsert(self, ids: Ids, E: F32, stats: embed.Stats) -> None:
+    def upsert(self, ids: Ids, E: F32 | None, stats: embed.Stats) -> None:
         super().upsert(ids, E, stats)
         self.remove(ids)
-        self._add(ids, E)
+        self._add(ids, _some(E))
 
     def remove(self, ids: Ids) -> None:
         gone = [self.label_of.pop(i) for i in ids.tolist() if i in self.label_of]
@@ -519,12 +615,52 @@ class HnswIndex(_FaissIndex):
     def stale(self, n: int) -> bool:
         return self.overflow or self.dead > max(16, TOMBSTONE_FRACTION * self.index.ntotal)
 
-    def state(self) -> dict[str, Any]:
+    def state(self, *, lean: bool = False) -> dict[str, Any]:
         n = self.index.ntotal
-        return {**super().state(), "labels": self.label_ids[:n].copy(), "alive": self.alive[:n].copy()}
+        out = {**MetricIndex.state(self), "radius": self.radius,
+               "labels": self.label_ids[:n].copy(), "alive": self.alive[:n].copy()}
+        if not lean:
+            return {**out, "faiss": faiss.serialize_index(self.index)}
+        writer = faiss.VectorIOWriter()
+        _faiss_call("save the graph", faiss.write_index, self.index, writer, faiss.IO_FLAG_SKIP_STORAGE)
+        dead = np.flatnonzero(~self.alive[:n])
+        tombs = (self.index.storage.reconstruct_batch(dead) if dead.size
+                 else np.empty((0, self.fwidth), dtype=np.float32))
+        return {**out, "graph": faiss.vector_to_array(writer.data), "tombs": np.asarray(tombs, dtype=np.float32)}
+
+    def refill(self, table: Table) -> None:
+        """Give a graph restored without its vectors ("graph") its storage: each live label's row of
+        `table` embedded again, each dead label's saved vector ("tombs", in label order). A no-op for
+        an index that has its vectors."""
+        tombs, self._tombs = self._tombs, None
+        if tombs is None:
+            return
+        n, dead = self.index.ntotal, np.flatnonzero(~self.alive)
+        if not (isinstance(tombs, np.ndarray) and tombs.dtype == np.float32 and tombs.shape == (dead.size, self.fwidth)):
+            got = f"{tombs.dtype} {tombs.shape}" if isinstance(tombs, np.ndarray) else type(tombs).__name__
+            raise StorageError(f"the state of {self.spec.key} is damaged (tombs: {got}, expected float32 "
+                               f"({dead.size}, {self.fwidth}))")
+        pos = table.positions(self.label_ids)
+        if np.any(pos[self.alive] < 0):
+            raise StorageError(f"{self.spec.key} holds ids the table does not")
+        storage = faiss.IndexFlat(self.fwidth, _FAISS_METRIC[self.space])
+        step = max(1, (1 << 22) // max(self.dim, 1))
+        for s in range(0, n, step):  # label order, a block at a time: no second full copy
+            alive = self.alive[s : s + step]
+            V = np.empty((alive.size, self.fwidth), dtype=np.float32)
+            if alive.any():
+                E, _ = self.embed(table.rows[pos[s : s + step][alive]])
+                V[alive] = self._fit(_some(E))
+            if not alive.all():
+                V[~alive] = tombs[np.searchsorted(dead, s + np.flatnonzero(~alive))]
+            storage.add(V)
+        self.index.storage = storage
+        self.index.own_fields = True
+        storage.this.disown()  # the HNSW index deletes its storage
 
     def _restore(self, state: Mapping[str, Any], id_offset: int) -> None:
-        index = self._restored_index(state)
+        lean = "graph" in state
+        index = self._restored_index(state, "graph", faiss.IO_FLAG_SKIP_STORAGE) if lean else self._restored_index(state)
         n = index.ntotal
         labels = self._restored_array(state, "labels", np.int64, n)
         alive = self._restored_array(state, "alive", np.bool_, n)
@@ -535,6 +671,10 @@ class HnswIndex(_FaissIndex):
         live = np.flatnonzero(self.alive)
         self.label_of = dict(zip(self.label_ids[live].tolist(), live.tolist()))
         self.dead = n - live.size
+        if lean:
+            self._tombs = state.get("tombs")
+            if self._tombs is None:
+                raise StorageError(f"the state of {self.spec.key} is damaged (a graph without its tombs)")
 
     def _restored_array(self, state: Mapping[str, Any], name: str, dtype: Any, n: int) -> npt.NDArray[Any]:
         a = state.get(name)
@@ -582,7 +722,7 @@ class IvfIndex(_FaissIndex):
                                  f"IVF{spec.params['nlist']},Flat", _FAISS_METRIC[self.space])
         self.index.nprobe = spec.params["nprobe"]
 
-    def build(self, table: Table, progress: Callable[[float], None] | None) -> F32 | None:
+    def build(self, table: Rows, progress: Callable[[float], None] | None) -> F32 | None:
         nlist = self.spec.params["nlist"]
         if table.n < IVF_POINTS_PER_LIST * nlist:
             return None
@@ -590,11 +730,11 @@ class IvfIndex(_FaissIndex):
         # k-means on at most 256 points per list (FAISS samples the same way)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(table.n, size=min(table.n, 256 * nlist), replace=False))
-        T, _ = embed.rows(self.spec.metric, self.spec.temperature, table.rows[sample])
+        T, _ = embed.rows(self.spec.metric, self.spec.temperature, table.take(sample))
         _faiss_call("train", self.index.train, self._fit(T))
-        self.stats = _embed_table(self.spec, table, progress,
-                                  lambda s, E: _faiss_call("add vectors", self.index.add_with_ids, self._fit(E),
-                                                           table.ids[s : s + E.shape[0]]))
+        self.stats = _embed_table(self, table, progress,
+                                  lambda ids, s, E: _faiss_call("add vectors", self.index.add_with_ids,
+                                                                self._fit(_some(E)), ids))
         return None
 
     def ready(self) -> bool:
@@ -612,11 +752,11 @@ class IvfIndex(_FaissIndex):
     def stale(self, n: int) -> bool:
         return self.overflow or (not self.ready() and n >= IVF_POINTS_PER_LIST * self.spec.params["nlist"])
 
-    def upsert(self, ids: Ids, E: F32, stats: embed.Stats) -> None:
+    def upsert(self, ids: Ids, E: F32 | None, stats: embed.Stats) -> None:
         if self.ready():
             super().upsert(ids, E, stats)
             self.remove(ids)
-            _faiss_call("add vectors", self.index.add_with_ids, self._fit(E), ids)
+            _faiss_call("add vectors", self.index.add_with_ids, self._fit(_some(E)), ids)
 
     def remove(self, ids: Ids) -> None:
         if self.ready():
@@ -647,6 +787,12 @@ def _shift_ivf_ids(index: Any, offset: int) -> None:
             ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy() + offset
             codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size).copy()
             inv.update_entries(lst, 0, n, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+
+
+def _some(E: F32 | None) -> F32:
+    """The embedding an approximate index always has (only flat euc embeds to None)."""
+    assert E is not None
+    return E
 
 
 _KIND_CLASS: dict[str, type[MetricIndex]] = {"flat": FlatIndex, "hnsw": HnswIndex, "ivf": IvfIndex}
@@ -689,9 +835,15 @@ def _kprime(k: int) -> int:
 
 @dataclass
 class _Build:
-    """An index being built by `IndexSet.add_index`: the ids written since its rows were copied."""
+    """An index being built by `IndexSet.add_index`: the rows it reads and the ids written since it
+    began (every write first detaches the rows, so `touched` holds every id whose row differs from
+    what the build read)."""
 
+    rows: Rows
     touched: list[Ids] = field(default_factory=list)
+
+    def before_write(self) -> None:
+        self.rows.detach()
 
 
 class IndexSet:
@@ -747,6 +899,15 @@ class IndexSet:
 
     # --- writing -------------------------------------------------------------------------------
 
+    def reserve(self, n: int) -> None:
+        """Room for `n` more rows: a write of known size (a bulk ingest, a load) then grows the table
+        and its columns once instead of geometrically, each growth holding the old and new arrays."""
+        with self._writing:
+            for build in self._building.values():
+                build.before_write()
+            with self._rw.write():
+                self._table.reserve(self._table.n + max(0, int(n)))
+
     def upsert(self, ids: Any, X: Any, seq: int) -> None:
         """Insert or replace rows; duplicates within the call: the last wins. All or nothing."""
         with self._writing:
@@ -762,8 +923,9 @@ class IndexSet:
             last = a.size - 1 - np.unique(a[::-1], return_index=True)[1]
             if last.size != a.size:
                 a, X32 = a[last], X32[last]
-            prepared = {key: embed.rows(ix.spec.metric, ix.spec.temperature, X32)
-                        for key, ix in self._indexes.items()}
+            prepared = {key: ix.embed(X32) for key, ix in self._indexes.items()}
+            for build in self._building.values():
+                build.before_write()
             with self._rw.write():
                 cols = {ix.column: prepared[key][0] for key, ix in self._indexes.items() if ix.column}
                 self._table.upsert(a, X32, cols)
@@ -779,6 +941,8 @@ class IndexSet:
         with self._writing:
             a = np.unique(_as_ids(ids))
             seq = self._check_seq(seq)
+            for build in self._building.values():
+                build.before_write()
             with self._rw.write():
                 present = a[self._table.positions(a) >= 0]
                 self._table.remove(present)
@@ -802,7 +966,7 @@ class IndexSet:
             if ix.stale(self._table.n):
                 with self._rw.read():
                     fresh = _KIND_CLASS[ix.spec.kind](ix.spec, self.dim)
-                    fresh.build(self._table, None)
+                    fresh.build(Rows(self._table), None)  # no write while the read lock is held
                 with self._rw.write():
                     self._indexes[key] = fresh
         if self._table.n == 0:
@@ -812,8 +976,8 @@ class IndexSet:
     def add_index(self, spec: IndexSpec, progress: Callable[[float], None] | None = None) -> None:
         """Build an index over the rows (progress 0..1, called with no lock held) and install it.
 
-        Writes and searches go on during the build: it runs over a copy of the rows taken under the
-        write mutex; the ids written meanwhile are recorded, replayed into the new index under the
+        Writes and searches go on during the build: it reads the live rows a block at a time, and the
+        first write meanwhile copies them for it (`Rows`); the ids written meanwhile are recorded, replayed into the new index under the
         write mutex (searches continue) and the index is installed under the write lock, so it then
         answers over exactly the rows the set holds. Conflict if the key exists or is being built,
         or if `drop_index` stopped this build (then nothing is installed).
@@ -827,8 +991,8 @@ class IndexSet:
                 raise Conflict(f"index {key} exists already")
             if key in self._building:
                 raise Conflict(f"index {key} is being built already")
-            build = self._building[key] = _Build()
-            rows = self._table.snapshot()
+            rows = Rows(self._table)
+            build = self._building[key] = _Build(rows)
         try:
             col = ix.build(rows, progress)
         except BaseException:
@@ -840,7 +1004,7 @@ class IndexSet:
             if self._building.get(key) is not build:
                 raise Conflict(f"index {key} was dropped while it was built")
             del self._building[key]
-            col = self._catch_up(ix, rows, col, build.touched)
+            col = self._catch_up(ix, rows.table, col, build.touched)
             with self._rw.write():
                 if ix.column is not None and col is not None:
                     self._table.add_column(ix.column, col)
@@ -860,7 +1024,7 @@ class IndexSet:
         ix.remove(ids[pos < 0])
         E: F32 | None = None
         if live.size:
-            E, stats = embed.rows(ix.spec.metric, ix.spec.temperature, t.rows[at])
+            E, stats = ix.embed(t.rows[at])
             ix.upsert(live, E, stats)
         if col is None:
             return None
@@ -1129,20 +1293,24 @@ class IndexSet:
         with self._writing, self._rw.read():
             return self._state(copy=True)
 
-    def _state(self, *, copy: bool) -> dict[str, Any]:
+    def _state(self, *, copy: bool, lean: bool = False) -> dict[str, Any]:
         t = self._table
         ids, rows = (t.ids.copy(), t.rows.copy()) if copy else (t.ids, t.rows)
-        return {"dim": self.dim, "last_seq": self.last_seq, "ids": ids, "rows": rows,
-                "specs": [ix.spec.to_dict() for ix in self._indexes.values()],
-                "indexes": {key: ix.state() for key, ix in self._indexes.items()}}
+        out = {"dim": self.dim, "last_seq": self.last_seq, "ids": ids, "rows": rows,
+               "specs": [ix.spec.to_dict() for ix in self._indexes.values()],
+               "indexes": {key: ix.state(lean=lean) for key, ix in self._indexes.items()}}
+        if lean:
+            del out["rows"]
+        return out
 
     @classmethod
-    def restore(cls, state: Mapping[str, Any], *, id_offset: int = 0) -> IndexSet:
+    def restore(cls, state: Mapping[str, Any], *, id_offset: int = 0, adopt: bool = False) -> IndexSet:
         """The set `state()` described, every id (the table's, HNSW's labels, IVF's lists) shifted by
         `id_offset`: a collection restored into another database gets fresh internal ids in the same
         order (service/snapshots.py). Flat indexes are recomputed from the rows, keeping the saved
         certificate statistics (they only widen with writes, so the restored set certifies exactly
-        what the saved one did). StorageError when the state is damaged or inconsistent."""
+        what the saved one did). With `adopt` (persist.load: arrays of its own) the table takes the
+        state's rows without a copy. StorageError when the state is damaged or inconsistent."""
         try:
             dim, last_seq = int(state["dim"]), int(state["last_seq"])
             specs = [IndexSpec.from_dict(s) for s in state["specs"]]
@@ -1158,7 +1326,10 @@ class IndexSet:
         if ids.size and (ids.min() < 0 or np.unique(ids).size != ids.size):
             raise StorageError("the state holds negative or repeated ids")
         iset.last_seq = last_seq
-        iset._table.upsert(ids + id_offset, rows, {})
+        if adopt and rows.flags.c_contiguous and rows.flags.writeable:
+            iset._table = Table.adopt(ids + id_offset, rows)  # no second copy of the rows
+        else:
+            iset._table.upsert(ids + id_offset, rows, {})
         for spec in specs:
             if spec.key in iset._indexes:
                 raise StorageError(f"the state holds index {spec.key} twice")
@@ -1168,20 +1339,24 @@ class IndexSet:
             ix = _KIND_CLASS[spec.kind].restore(spec, dim, st, id_offset=id_offset)
             if isinstance(ix, FlatIndex):
                 saved = ix.stats
-                col = ix.build(iset._table, None)
+                col = ix.build(Rows(iset._table), None)
                 if st.get("stats") is not None:
                     ix.stats = saved
                 if ix.column is not None and col is not None:
                     iset._table.add_column(ix.column, col)
             if not ix.holds(iset._table.ids):
                 raise StorageError(f"{spec.key} does not hold the table's {iset.count} ids")
+            if isinstance(ix, HnswIndex):
+                ix.refill(iset._table)
             iset._indexes[spec.key] = ix
         return iset
 
-    def save(self, directory: Path) -> None:
-        """Write a snapshot atomically (persist.py): beside, fsync, rename."""
+    def save(self, directory: Path, *, lean: bool = False) -> None:
+        """Write a snapshot atomically (persist.py): beside, fsync, rename. `lean` (a shard's own
+        snapshot, issue 16): without the rows, which its database holds (`load` reads them back from
+        there), and HNSW graphs without their live vectors (`MetricIndex.state`)."""
         with self._writing, self._rw.read():
-            persist.write(self._state(copy=False), Path(directory))
+            persist.write(self._state(copy=False, lean=lean), Path(directory))
 
     def capture(self) -> dict[str, Any]:
         """`state()`, for `persist.write` to write later without the set's locks: a long write then
@@ -1189,7 +1364,7 @@ class IndexSet:
         return self.state()
 
     @classmethod
-    def load(cls, directory: Path, *, id_offset: int = 0) -> IndexSet:
+    def load(cls, directory: Path, *, id_offset: int = 0, rows: persist.RowSource | None = None) -> IndexSet:
         """Read a snapshot (ids shifted by `id_offset`, as `restore`); StorageError for a damaged,
-        foreign or missing directory."""
-        return persist.load(cls, Path(directory), id_offset=id_offset)
+        foreign or missing directory. A lean snapshot (`save(lean=True)`) takes its rows from `rows`."""
+        return persist.load(cls, Path(directory), id_offset=id_offset, rows=rows)

@@ -10,6 +10,12 @@ size and sha256 of every other file), `ids.npy` and `rows.npy` (the table), and 
 Flat indexes are a pure function of the table and are recomputed on load (cheaper than reading
 a second copy of the rows from disk).
 
+A lean snapshot (version 2, a shard's own, issue 16) has no `rows.npy`: the rows are in the shard's
+database, and `read` asks a `RowSource` for the rows of `ids.npy`. Its HNSW indexes are
+`<key>.graph` (the graph alone, faiss.IO_FLAG_SKIP_STORAGE) and `<key>.tombs.npy` (the vectors of the
+dead labels only); the live vectors are embedded again from the rows. So the rows exist once on disk.
+Collection archives (service/snapshots.py) keep the full layout: an archive carries its own rows.
+
 Save writes a sibling `.<name>.tmp-<hex>`, fsyncs every file and the directory, writes the
 manifest last, then swaps: the old copy is renamed to `.<name>.old-<hex>`, the new one into
 place, the parent fsynced, the old copy deleted. A crash leaves either the old or the new
@@ -36,7 +42,9 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 FORMAT = "logitsearch-indexset"
-VERSION = 1
+VERSION = 2
+#: versions this build reads (1: every snapshot before issue 16, rows included)
+READS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -90,21 +98,32 @@ def _siblings(directory: Path, tag: str) -> list[Path]:
 class Restores(Protocol[T_co]):
     """What `load` builds from a state: IndexSet (its classmethod `restore`)."""
 
-    def restore(self, state: dict[str, Any], *, id_offset: int = 0) -> T_co: ...
+    def restore(self, state: dict[str, Any], *, id_offset: int = 0, adopt: bool = False) -> T_co: ...
+
+
+class RowSource(Protocol):
+    """Where a lean snapshot's rows come from: `(ids, last_seq) -> float32 (n, dim)`, the row of
+    each id in order (StorageError when the source cannot give them)."""
+
+    def __call__(self, ids: np.ndarray, last_seq: int) -> np.ndarray: ...
 
 
 #: per-index files: state field -> file name suffix
-_INDEX_FILES = {"faiss": ".faiss", "labels": ".labels.npy", "alive": ".alive.npy"}
+_INDEX_FILES = {"faiss": ".faiss", "graph": ".graph", "labels": ".labels.npy", "alive": ".alive.npy",
+                "tombs": ".tombs.npy"}
+_BLOBS = ("faiss", "graph")
 
 
 def write(state: dict[str, Any], directory: Path) -> None:
     """Write an IndexSet's `state()` to `directory` atomically (module docstring)."""
-    files: list[tuple[str, np.ndarray]] = [("ids.npy", state["ids"]), ("rows.npy", state["rows"])]
+    files: list[tuple[str, np.ndarray]] = [("ids.npy", state["ids"])]
+    if "rows" in state:
+        files.append(("rows.npy", state["rows"]))
     kept: dict[str, Any] = {}
     for key, st in state["indexes"].items():
         files += [(f"{key}{suffix}", st[name]) for name, suffix in _INDEX_FILES.items() if name in st]
         kept[key] = {"radius": st.get("radius", 0.0), "stats": st["stats"]}
-    fields = {"format": FORMAT, "version": VERSION, "dim": state["dim"], "count": int(state["ids"].shape[0]),
+    fields = {"format": FORMAT, "version": VERSION if "rows" not in state else 1, "dim": state["dim"], "count": int(state["ids"].shape[0]),
               "last_seq": state["last_seq"], "specs": state["specs"], "indexes": kept}
     directory = directory.absolute()
     try:
@@ -169,8 +188,8 @@ def _manifest(path: Path) -> dict[str, Any]:
         raise StorageError(f"{path / MANIFEST} is damaged: {exc}") from exc
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise StorageError(f"{path} holds no logitsearch index snapshot")
-    if m.get("version") != VERSION:
-        raise StorageError(f"{path}: snapshot format version {m.get('version')!r}, this build reads {VERSION}")
+    if m.get("version") not in READS:
+        raise StorageError(f"{path}: snapshot format version {m.get('version')!r}, this build reads {READS}")
     return m
 
 
@@ -195,10 +214,11 @@ def _array(path: Path, m: dict[str, Any], name: str, dtype: Any, shape: tuple[in
     return a
 
 
-def read(directory: Path) -> tuple[Path, dict[str, Any]]:
+def read(directory: Path, rows: RowSource | None = None) -> tuple[Path, dict[str, Any]]:
     """(the directory read, the IndexSet state it holds) from a snapshot written by `write`: every
     size and checksum checked against the manifest; StorageError if missing, damaged or foreign.
-    Falls back to a complete copy a crashed save left beside it (module docstring)."""
+    Falls back to a complete copy a crashed save left beside it (module docstring). A lean snapshot's
+    rows come from `rows` (StorageError without one)."""
     directory = directory.absolute()
     path = directory
     if not (directory / MANIFEST).exists():
@@ -223,23 +243,44 @@ def read(directory: Path) -> tuple[Path, dict[str, Any]]:
             if name.endswith(suffix) and len(name) > len(suffix):
                 key = name.removesuffix(suffix)
                 st = indexes.setdefault(key, {})
-                st[field] = (np.fromfile(_verified(path, m, name), dtype=np.uint8) if field == "faiss"
-                             else _array(path, m, name, np.int64 if field == "labels" else np.bool_))
+                if field in _BLOBS:
+                    st[field] = np.fromfile(_verified(path, m, name), dtype=np.uint8)
+                elif field == "tombs":
+                    st[field] = _matrix(path, m, name)
+                else:
+                    st[field] = _array(path, m, name, np.int64 if field == "labels" else np.bool_)
                 break
     ids = _array(path, m, "ids.npy", np.int64, (count,))
-    rows = _array(path, m, "rows.npy", np.float32, (count, dim))
-    return path, {"dim": dim, "last_seq": last_seq, "ids": ids, "rows": rows, "specs": specs, "indexes": indexes}
+    if "rows.npy" in m["files"]:
+        table = _array(path, m, "rows.npy", np.float32, (count, dim))
+    elif rows is None:
+        raise StorageError(f"{path}: a lean snapshot (its rows are in the database) read without them")
+    else:
+        table = rows(ids, last_seq)
+        if not (isinstance(table, np.ndarray) and table.dtype == np.float32 and table.shape == (count, dim)):
+            raise StorageError(f"{path}: the rows given for the snapshot are not float32 ({count}, {dim})")
+    return path, {"dim": dim, "last_seq": last_seq, "ids": ids, "rows": table, "specs": specs, "indexes": indexes}
 
 
-def load(cls: Restores[T], directory: Path, *, id_offset: int = 0) -> T:
+def _matrix(path: Path, m: dict[str, Any], name: str) -> np.ndarray:
+    try:
+        a: np.ndarray = np.load(_verified(path, m, name), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise StorageError(f"{path}: cannot read {name}: {exc}") from exc
+    if a.dtype != np.float32 or a.ndim != 2:
+        raise StorageError(f"{path}: {name} has {a.dtype} {a.shape}, expected float32 (n, width)")
+    return a
+
+
+def load(cls: Restores[T], directory: Path, *, id_offset: int = 0, rows: RowSource | None = None) -> T:
     """`cls.restore` of the state `read` finds in `directory` (IndexSet.load); StorageError, naming
     the directory, if it is missing, damaged, foreign or inconsistent.
 
     `id_offset` is added to every id (the table's, HNSW's labels, IVF's lists): a collection
     restored into another database gets fresh internal ids in the same order (service/snapshots.py).
     """
-    path, state = read(directory)
+    path, state = read(directory, rows)
     try:
-        return cls.restore(state, id_offset=id_offset)
+        return cls.restore(state, id_offset=id_offset, adopt=True)
     except StorageError as exc:
         raise StorageError(f"{path}: {exc}") from exc

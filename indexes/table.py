@@ -33,6 +33,20 @@ class Table:
         self._pos: dict[int, int] = {}
         self._sorted: tuple[Ids, Ids] | None = None  # (ids sorted, their positions); None after a write
 
+    @classmethod
+    def adopt(cls, ids: Ids, rows: F32) -> Table:
+        """A table over `ids` (unique, int64 (n,)) and `rows` (float32 (n, dim), C-contiguous), taking
+        the arrays as they are, without a copy: a snapshot's load holds one copy of the rows, not two."""
+        t = cls(rows.shape[1])
+        t._n, t._ids, t._rows = ids.size, ids, rows
+        t._pos = dict(zip(ids.tolist(), range(ids.size)))
+        return t
+
+    def reserve(self, n: int) -> None:
+        """Room for `n` rows in all, so a load of known size grows the arrays once, not geometrically
+        (each growth briefly holds the old and the new array)."""
+        self._reserve(n, exact=True)
+
     def snapshot(self) -> Table:
         """A copy of the live ids and rows (no derived columns): what an index build reads while
         writes go on (IndexSet.add_index)."""
@@ -89,11 +103,11 @@ class Table:
     def drop_column(self, name: str) -> None:
         self._cols.pop(name, None)
 
-    def _reserve(self, n: int) -> None:
+    def _reserve(self, n: int, *, exact: bool = False) -> None:
         cap = self._rows.shape[0]
         if n <= cap:
             return
-        new_cap = max(n, int(cap * 1.5) + 16)
+        new_cap = n if exact else max(n, int(cap * 1.5) + 16)
 
         def grow(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
             b = np.empty((new_cap, *a.shape[1:]), dtype=a.dtype)

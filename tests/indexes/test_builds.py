@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from core.errors import Conflict, NotFound
-from indexes import embed
-from indexes.knn import IndexSet, IndexSpec
+from indexes.knn import FlatIndex, IndexSet, IndexSpec
 from tests.indexes.brute import assert_knn
 
 #: seconds a write may take while a build is paused before the test calls it blocked
@@ -96,7 +95,7 @@ def test_writes_complete_while_a_build_is_paused_and_the_index_then_equals_brute
     assert ids.size == n + 40 - 50 + 5 and not np.isin(np.r_[40:45, 50:90, n + 40 : n + 50], ids).any()
     if spec.kind == "flat" and spec.metric != "euc":
         # the built column follows the table's rows, replayed ones included
-        want, _ = embed.rows(spec.metric, spec.temperature, iset._table.rows)
+        want = FlatIndex(spec, d).embed(iset._table.rows)[0]
         np.testing.assert_array_equal(iset._table.column(spec.key), want)
     Q = np.vstack([X[:5], rng.normal(0, 3, (5, d))])
     for q, h in zip(Q, iset.search(spec, Q, 10)):
@@ -183,3 +182,27 @@ def test_a_failed_build_leaves_the_key_free(rng):
     assert IndexSpec("cos") not in iset.specs()
     iset.add_index(IndexSpec("cos"))
     assert IndexSpec("cos") in iset.specs()
+
+
+def test_a_build_with_no_write_meanwhile_copies_no_rows_and_cos_stores_one_number_per_row(rng, monkeypatch):
+    """Issue 16: add_index reads the live table (a write during the build first copies it, as the
+    tests above check), and flat cos searches the rows themselves through their stored 1/|x|."""
+    import tracemalloc
+
+    from indexes.table import Table
+
+    n, d = 20_000, 64
+    iset = IndexSet(d, [IndexSpec("euc")])
+    iset.upsert(np.arange(n), rng.normal(0, 3, (n, d)), seq=1)
+    monkeypatch.setattr(Table, "snapshot", lambda self: pytest.fail("the build copied the rows"))
+    iset.add_index(IndexSpec("euc", kind="hnsw", params={"M": 8, "ef_construction": 20}))
+    tracemalloc.start()
+    iset.add_index(IndexSpec("cos"))
+    kept, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert kept < 0.1 * n * d * 4, kept / (n * d * 4)  # n float32, not a unit-vector copy of the rows
+    X = iset.matrix()[1].astype(np.float64)
+    Q = np.vstack([X[:2], rng.normal(0, 3, (3, d)), np.zeros((1, d))])
+    for q, h in zip(Q, iset.search(IndexSpec("cos"), Q, 10)):
+        assert h.how in ("certified", "scanned")
+        assert_knn(h, "cos", q, np.arange(n), X, 10, None, rtol=1e-9)

@@ -273,3 +273,48 @@ def test_persist_reads_and_writes_states_without_importing_the_indexes():
     assert not any(m and m.startswith("indexes") for m in imported), imported
     assert "_table" not in source and "_indexes" not in source
     assert persist._fsync_dir is persist.fsync_dir
+
+
+# --- lean snapshots (issue 16): no rows, HNSW graphs without their vectors ---------------------------
+
+
+def _rows_of(iset):
+    ids, rows = iset.matrix()
+    by_id = dict(zip(ids.tolist(), rows))
+
+    def source(want, last_seq):
+        assert last_seq == iset.last_seq
+        return np.array([by_id[i] for i in want.tolist()], dtype=np.float32).reshape(len(want), iset.dim)
+
+    return source
+
+
+def test_a_lean_snapshot_holds_no_rows_and_loads_from_a_row_source_to_the_same_answers(rng, tmp_path):
+    iset = _filled(rng)
+    Q = rng.normal(0, 3, (5, 9))
+    iset.save(tmp_path / "snap", lean=True)
+    names = {p.name for p in (tmp_path / "snap").iterdir()}
+    assert "rows.npy" not in names and "ids.npy" in names
+    hnsw = [s.key for s in SPECS if s.kind == "hnsw"]
+    assert {f"{k}.graph" for k in hnsw} | {f"{k}.tombs.npy" for k in hnsw} <= names
+    assert not {f"{k}.faiss" for k in hnsw} & names
+    tombs = np.load(tmp_path / "snap" / f"{hnsw[0]}.tombs.npy")
+    assert tombs.shape[0] == 50  # the removed rows' labels: only the dead vectors are saved
+    with pytest.raises(StorageError, match="lean snapshot"):
+        IndexSet.load(tmp_path / "snap")
+    back = IndexSet.load(tmp_path / "snap", rows=_rows_of(iset))
+    assert (back.dim, back.count, back.last_seq) == (9, 150, 5)
+    assert _answers(back, Q) == _answers(iset, Q)
+    back.upsert([1], Q[:1], seq=6)
+    assert back.search(IndexSpec("tri", 100.0, "hnsw"), Q[0], 1)[0].ids[0] == 1
+    # the refilled graphs hold the same vectors as the saved ones, dead labels included
+    for key in hnsw:
+        a, b = iset._indexes[key].index, back._indexes[key].index
+        np.testing.assert_array_equal(b.storage.reconstruct_n(0, a.ntotal), a.storage.reconstruct_n(0, a.ntotal))
+
+
+def test_a_row_source_of_the_wrong_shape_is_a_storage_error(rng, tmp_path):
+    iset = _filled(rng)
+    iset.save(tmp_path / "snap", lean=True)
+    with pytest.raises(StorageError, match="float32"):
+        IndexSet.load(tmp_path / "snap", rows=lambda ids, seq: np.zeros((len(ids), 8), dtype=np.float32))
