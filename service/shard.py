@@ -290,7 +290,7 @@ class CollectionShard:
         if not self._dir.exists():
             return None
         try:
-            iset = IndexSet.load(self._dir)
+            iset = IndexSet.load(self._dir, rows=self._stored_rows)
         except StorageError as exc:
             log.warning("index snapshot unusable, rebuilding from SQLite",
                         extra={"fields": {"collection": self.name, "reason": str(exc)}})
@@ -300,6 +300,26 @@ class CollectionShard:
                 "collection": self.name, "snapshot_seq": iset.last_seq, "sqlite_seq": last_seq}})
             return None
         return iset
+
+    def _stored_rows(self, ids: Ids, seq: int) -> F32:
+        """The rows of a lean snapshot's `ids` (taken at write `seq`), from SQLite: its one copy of
+        each vector (issue 16). A row written after `seq` comes as it is now (the replay writes it
+        again); one deleted after `seq` as zeros (the replay removes it). StorageError (the snapshot
+        is then rebuilt from SQLite) when an id is neither stored nor deleted after `seq`."""
+        n = ids.size
+        out = np.zeros((n, self._config.dim), dtype=np.float32)
+        seen = np.zeros(n, dtype=bool)
+        order = np.argsort(ids, kind="stable")
+        keys = ids[order]
+        for iids, X in self._store.rows(self.cid, chunk=APPLY_CHUNK):
+            at = np.minimum(np.searchsorted(keys, iids), max(n - 1, 0))
+            hit = keys[at] == iids if n else np.zeros(iids.size, dtype=bool)
+            pos = order[at[hit]]
+            out[pos], seen[pos] = X[hit], True
+        missing = ids[~seen]
+        if missing.size and not np.isin(missing, self._store.deleted_after(self.cid, seq)).all():
+            raise StorageError(f"the index snapshot holds {missing.size} points the database has not")
+        return out
 
     def _replay(self, iset: IndexSet, last_seq: int, ready: Sequence[IndexSpec]) -> None:
         """Bring a snapshot up to SQLite: the deletes and writes after its sequence, then its indexes."""
@@ -497,8 +517,13 @@ class CollectionShard:
         try:
             with self._gate.write():
                 chunks = kept if kept is not None else self._store.rows(self.cid, seq=seq, chunk=APPLY_CHUNK)
+                iset.reserve(n)
+                # every chunk but under the sequence before this write: a snapshot taken between two
+                # chunks must not claim the whole write (its replay then brings all of it back)
+                before = iset.last_seq
                 for iids, X in chunks:
-                    iset.upsert(iids, X, seq)
+                    iset.upsert(iids, X, before)
+                iset.remove(np.empty(0, np.int64), seq)
         except Exception as exc:  # noqa: BLE001 -- whatever failed after COMMIT, the cure is a rebuild
             return self._apply_failed(iset, exc)
         self._written(n)
@@ -586,7 +611,7 @@ class CollectionShard:
                 return
             seq = iset.last_seq  # save() may include later writes; pruning up to this one is safe
             self._since_snapshot = 0
-            iset.save(self._dir)
+            iset.save(self._dir, lean=True)
             self._snapshot_seq = seq
             with self._lock:
                 if not self._dropped:

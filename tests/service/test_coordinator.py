@@ -3,6 +3,8 @@ index states across restarts, and a search never seeing half of a bulk ingest.""
 
 from __future__ import annotations
 
+import json
+
 import sqlite3
 import threading
 import time
@@ -72,7 +74,7 @@ def test_a_damaged_or_foreign_snapshot_is_rebuilt_from_sqlite(tmp_path, rng):
     b.upsert("c", ids[60:], X[60:])
     b.close()
     snap = tmp_path / "indexes" / "c1"
-    victim = snap / "rows.npy"
+    victim = snap / "ids.npy"
     assert victim.exists()
     victim.write_bytes(victim.read_bytes()[:-8] + b"\x00" * 8)
     Q = rng.normal(size=(3, 6))
@@ -97,7 +99,7 @@ def test_close_snapshots_and_a_snapshot_prunes_recorded_deletes(tmp_path, rng):
     b.close()
     with sqlite3.connect(tmp_path / FILENAME) as db:
         assert db.execute("SELECT count(*) FROM deleted").fetchone()[0] == 0
-    assert IndexSet.load(tmp_path / "indexes" / "c1").last_seq == 2
+    assert json.loads((tmp_path / "indexes" / "c1" / "manifest.json").read_text())["last_seq"] == 2
 
 
 def test_a_failed_index_apply_rebuilds_from_sqlite_and_loses_nothing(tmp_path, rng, monkeypatch):
