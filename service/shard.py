@@ -20,6 +20,8 @@ replays the writes after it from SQLite, or rebuilds from SQLite when the snapsh
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import logging
 import shutil
@@ -58,6 +60,23 @@ SELECTION_CACHE = 64
 
 #: (index key, spec, status, error): a build finished (ready or failed)
 IndexListener = Callable[[str, IndexSpec, IndexStatus, "str | None"], None]
+
+
+def _libc_trim() -> Callable[[], None]:
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to give back this way
+        return lambda: None
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
+#: glibc keeps freed heap memory for reuse; after a load or a bulk write, whose temporaries (a
+#: chunk's float64 embedding, SQLite's batches) were freed, give it back to the OS (issue 16)
+release_memory = _libc_trim()
 
 
 def public_reason(exc: BaseException) -> str:
@@ -232,6 +251,7 @@ class CollectionShard:
                 self._iset, self._state = iset, "ready"
             for spec in building:  # builds the last run did not finish
                 self.build(spec)
+            release_memory()
             log.info("collection loaded", extra={"fields": {
                 "collection": self.name, "points": iset.count,
                 "seconds": round(time.perf_counter() - started, 3)}})
@@ -340,6 +360,7 @@ class CollectionShard:
     def _build_from_store(self, upto: int, ready: Sequence[IndexSpec]) -> IndexSet:
         """A fresh IndexSet from the points in SQLite up to write `upto`, with the `ready` indexes."""
         iset = IndexSet(self._config.dim)
+        iset.reserve(self._store.count(self.cid))
         for iids, X in self._store.rows(self.cid, upto=upto, chunk=APPLY_CHUNK):
             iset.upsert(iids, X, upto)
         iset.remove(np.empty(0, np.int64), upto)
@@ -526,6 +547,7 @@ class CollectionShard:
                 iset.remove(np.empty(0, np.int64), seq)
         except Exception as exc:  # noqa: BLE001 -- whatever failed after COMMIT, the cure is a rebuild
             return self._apply_failed(iset, exc)
+        release_memory()
         self._written(n)
         return "completed"
 
