@@ -33,6 +33,7 @@ for every row of a request, so they stay globally unique and in request order ac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -42,7 +43,8 @@ import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ from core.errors import InvalidInput, LogitsearchError, StorageError
 from indexes.knn import IndexSet, IndexSpec
 from service import filters
 from service.catalog import CollectionConfig, IndexState, IndexStatus
-from service.shard import CollectionShard, Point, ShardStatus
+from service.shard import CollectionShard, Point, ShardStatus, public_reason
 from service.store import Ext, Store, Transaction
 
 log = logging.getLogger("logitsearch.ray")
@@ -72,6 +74,8 @@ CALL_TIMEOUT = 120.0
 PARTIAL_WAIT = 5.0
 #: seconds a status call waits (readiness, GET of a collection)
 STATUS_TIMEOUT = 5.0
+#: a shard whose files could not be opened tries again at the first call this long after
+REOPEN_SECONDS = 2.0
 #: seconds a committed write keeps retrying its publish on a restarting shard before answering 503
 PUBLISH_WAIT = 20.0
 
@@ -238,6 +242,36 @@ class ShardActor:
         _limit_threads(threads)
         start_process()
         self.label = f"{name}/shard-{shard}"
+        # a constructor that raises leaves a Ray actor dead for good (Ray restarts a process that
+        # died, not a constructor that failed): a shard whose files cannot be opened answers 503 with
+        # the reason instead, and opens them again at a call REOPEN_SECONDS later (its files mended)
+        self._args = (name, directory, config, snapshot_every)
+        self._error: str | None = None
+        self._next_try = 0.0
+        self._opening = threading.Lock()
+        self._open_or_record()
+
+    def _open_or_record(self) -> None:
+        try:
+            self._open(*self._args)
+            self._error = None
+        except Exception as exc:  # whatever stops the open, the shard says so and retries
+            store = getattr(self, "_store", None)
+            if store is not None:
+                store.close()
+            self._error, self._next_try = public_reason(exc), time.monotonic() + REOPEN_SECONDS
+            log.error("shard could not open its files", exc_info=exc, extra={"fields": {"shard": self.label}})
+
+    def _ensure_open(self) -> None:
+        if self._error is None:
+            return
+        with self._opening:
+            if self._error is not None and time.monotonic() >= self._next_try:
+                self._open_or_record()
+        if self._error is not None:
+            raise ShardUnavailable(self.label, f"its files could not be opened: {self._error}")
+
+    def _open(self, name: str, directory: str, config: dict[str, Any], snapshot_every: int) -> None:
         self._dir = Path(directory)
         self._store = ShardStore(self._dir)
         self._store.open()
@@ -558,6 +592,21 @@ class ShardActor:
         self.shard.drop()
         self._store.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _opened(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: ShardActor, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_open()
+        return method(self, *args, **kwargs)
+
+    return call
+
+
+# every call but the two that need no files waits for the shard's files to be open (503 until then)
+for _name, _method in list(vars(ShardActor).items()):
+    if callable(_method) and not _name.startswith("_") and _name not in ("threads", "ping"):
+        setattr(ShardActor, _name, _opened(_method))
 
 
 # --- the coordinator's side ------------------------------------------------------------------------

@@ -325,3 +325,53 @@ def test_a_server_killed_mid_write_leaves_no_half_batch_and_loses_nothing_acknow
             assert h.get("/readyz").json()["shards"] == {f"k/shard-{j}": "ready" for j in range(3)}
     finally:
         stop_server(proc)
+
+
+def test_a_shard_whose_files_cannot_be_opened_answers_503_with_the_reason_and_recovers_when_mended(
+        ray_local, tmp_path):
+    """A constructor that raised left the actor dead for good (Ray restarts a dead process, not a
+    failed constructor): every request touching the shard then said "restarting" until the server was
+    restarted. Now the shard answers 503 with the reason, and opens its files again once they are
+    mended, with nothing lost."""
+    from service.store import FILENAME
+
+    with ray_client(Path(tmp_path)) as client:
+        assert client.put(f"{C}/g", json={"dim": DIM, "metrics": ["euc"], "shards": 3}).status_code == 201
+        ids = [f"p{i}" for i in range(60)]
+        X = np.random.default_rng(3).normal(size=(60, DIM))
+        assert client.put(f"{C}/g/points", json={"ids": ids, "vectors": X.tolist()}).status_code == 200
+        coord = client.app.state.backend
+        victim = coord._members["g"].shards[1]
+        pid, _ = victim.ping()
+        files = coord._ray.directory(coord.catalog.get("g").cid, 1)
+        aside = Path(tmp_path) / "aside"
+        aside.mkdir()
+        os.kill(pid, signal.SIGSTOP)  # no write lands while its database is swapped for garbage
+        for f in files.glob(f"{FILENAME}*"):
+            f.rename(aside / f.name)
+        (files / FILENAME).write_bytes(b"not a database " * 1000)
+        os.kill(pid, signal.SIGKILL)
+        deadline, r = time.monotonic() + 60, None
+        while r is None or "could not be opened" not in r.json().get("detail", ""):
+            assert time.monotonic() < deadline, r.json() if r is not None else None
+            r = client.post(f"{C}/g/search", json={"vector": [0.0] * DIM, "k": 3})
+            assert r.status_code in (503,), r.text
+            time.sleep(0.1)
+        assert "g/shard-1" in r.json()["detail"] and r.headers["retry-after"]
+        assert client.get("/readyz").status_code == 503
+        assert victim.ping()[0] != pid  # the actor is alive, in a new process: it answers ping
+        (files / FILENAME).unlink()
+        for f in aside.iterdir():
+            f.rename(files / f.name)
+        deadline = time.monotonic() + 60
+        while (r := client.post(f"{C}/g/search", json={"vector": [0.0] * DIM, "k": 3})).status_code != 200:
+            assert time.monotonic() < deadline and r.status_code == 503, r.text
+            time.sleep(0.2)
+        assert _present_in(client, "g", ids) == 60
+        assert client.get("/readyz").status_code == 200
+
+
+def _present_in(client: Any, name: str, ids: list[Any]) -> int:
+    r = client.post(f"{C}/{name}/points/get", json={"ids": ids, "with_vector": False, "with_payload": False})
+    assert r.status_code == 200, r.text
+    return len(r.json()["points"])
