@@ -131,6 +131,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scale", action="store_true", help="also the 1,000,000 x 1000 default collection")
     ap.add_argument("--seconds", type=float, default=10.0, help="search time per metric in the scale check")
+    ap.add_argument("--only", default="", help="measure only the layouts whose name contains this text")
+    ap.add_argument("--no-layouts", action="store_true", help="only the scale check (with --scale)")
     args = ap.parse_args()
     if args.quick:
         args.n = 10_000
@@ -139,6 +141,8 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="footprint-") as t:
         for name, layout in LAYOUTS.items():
+            if args.no_layouts or args.only not in name:
+                continue
             results[f"{name}, N={args.n:,} d={args.d}"] = measure(name, layout, X, Path(t))
         if args.scale:
             del X

@@ -20,8 +20,6 @@ replays the writes after it from SQLite, or rebuilds from SQLite when the snapsh
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import itertools
 import logging
 import shutil
@@ -42,6 +40,7 @@ from indexes.knn import Hits, IndexSet, IndexSpec, RWLock, Stage
 from service import filters
 from service.catalog import CollectionConfig, IndexStatus
 from service.idmap import IdMap
+from service.memory import release_memory
 from service.store import Ext, Store, StoredPoint, Transaction
 
 log = logging.getLogger("logitsearch.shard")
@@ -60,23 +59,6 @@ SELECTION_CACHE = 64
 
 #: (index key, spec, status, error): a build finished (ready or failed)
 IndexListener = Callable[[str, IndexSpec, IndexStatus, "str | None"], None]
-
-
-def _libc_trim() -> Callable[[], None]:
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to give back this way
-        return lambda: None
-
-    def release() -> None:
-        trim(0)
-
-    return release
-
-
-#: glibc keeps freed heap memory for reuse; after a load or a bulk write, whose temporaries (a
-#: chunk's float64 embedding, SQLite's batches) were freed, give it back to the OS (issue 16)
-release_memory = _libc_trim()
 
 
 def public_reason(exc: BaseException) -> str:
@@ -450,6 +432,9 @@ class CollectionShard:
             self._version += 1
             self._ids.bind(bulk.fresh)
             future = self._apply.submit(self._apply_bulk, bulk.seq, bulk.rows, bulk.kept)
+            bulk.kept = None
+            # after the apply's chunks are freed (its work item holds them while it runs)
+            self._apply.submit(release_memory)
         return self._result(bulk.seq, future, bulk.rows, keep)
 
     def bulk_abort(self, handle: int, exc: BaseException | None = None) -> None:
@@ -547,7 +532,6 @@ class CollectionShard:
                 iset.remove(np.empty(0, np.int64), seq)
         except Exception as exc:  # noqa: BLE001 -- whatever failed after COMMIT, the cure is a rebuild
             return self._apply_failed(iset, exc)
-        release_memory()
         self._written(n)
         return "completed"
 

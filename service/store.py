@@ -119,8 +119,9 @@ def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
 #: page size of a new database (bytes)
 PAGE_SIZE = 16384
 #: page cache per connection (KiB): one per reader thread, and a load reads every row through one, so
-#: a large cache is held as RSS (64 MiB each before issue 16); the OS page cache serves re-reads
-CACHE_KIB = 8192
+#: a large cache is held as RSS (64 MiB each before issue 16); the OS page cache serves re-reads, and
+#: 2 MiB (128 pages) holds every interior page of a 100M-row table's B-trees
+CACHE_KIB = 2048
 #: the WAL size from which a commit wakes the checkpointer
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 

@@ -16,6 +16,7 @@ from core.errors import InvalidInput, NotFound
 from service import filters
 from service.shard import Point, WriteResult
 from service.ingest import NpyStream, batch, check_batch_size, parse_ids, parse_payloads
+from service.memory import release_memory
 from service.observability import count_ingested
 from service.problems import ProblemRoute
 from service.routes.collections import backend_of
@@ -167,6 +168,7 @@ def bulk(name: str, request: Request, response: Response, wait: Wait = True,
     else:
         raise HTTPException(415, "send the .npy as application/octet-stream (ids from ?start=) or as "
                                  "multipart/form-data with a file part (and ids or start)")
+    release_memory()  # the body's pieces and chunks are freed by now
     count_ingested(request, result.count)
     return write_out(result, response)
 
