@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
+import time
 from collections.abc import Callable
 
 
@@ -26,3 +28,37 @@ def _libc_trim() -> Callable[[], None]:
 
 
 release_memory = _libc_trim()
+
+
+class _Trimmer:
+    """`freed(n)`: about n bytes of request temporaries (a JSON body's Python floats) are being
+    freed; a daemon thread gives the heap back once THRESHOLD bytes have been noted, at most every
+    EVERY seconds, so a stream of large JSON upserts does not leave their peak as RSS."""
+
+    EVERY = 1.0
+    THRESHOLD = 32 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def freed(self, nbytes: int) -> None:
+        with self._lock:
+            self._pending += nbytes
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.EVERY)
+            with self._lock:
+                due = self._pending >= self.THRESHOLD
+                if due:
+                    self._pending = 0
+            if due:
+                release_memory()
+
+
+trimmer = _Trimmer()

@@ -16,7 +16,7 @@ from core.errors import InvalidInput, NotFound
 from service import filters
 from service.shard import Point, WriteResult
 from service.ingest import NpyStream, batch, check_batch_size, parse_ids, parse_payloads
-from service.memory import release_memory
+from service.memory import release_memory, trimmer
 from service.observability import count_ingested
 from service.problems import ProblemRoute
 from service.routes.collections import backend_of
@@ -79,6 +79,7 @@ def upsert(name: str, body: UpsertIn, request: Request, response: Response, wait
     backend = backend_of(request)
     checked = batch(body, backend.dim(name), request.app.state.settings.max_batch)
     result = backend.upsert(name, checked.ids, checked.X, checked.payloads, wait=wait)
+    trimmer.freed(8 * checked.X.nbytes)  # the body's Python floats: ~32 bytes per float32 value
     count_ingested(request, result.count)
     return write_out(result, response)
 
