@@ -7,6 +7,12 @@
 
 The `servers` fixture starts servers the same way and stops every one still running at teardown;
 `shared_server` is one server for the whole session (use collection names of your own).
+
+The kernel warm-up (issue 16) is off in these servers unless asked for (`warmup=True`, or
+LOGITSEARCH_WARMUP_SECONDS in `env`), as in every in-process client: it holds /readyz ~4 s at each
+start on 2 cores, and these tests are about processes, restarts and kills, not about it. It has its
+own tests (tests/e2e/test_warmup_e2e.py on real processes, tests/service/test_warmup.py), and
+`shared_server` runs it, so one real server of the session serves its requests after a warm-up.
 """
 
 from __future__ import annotations
@@ -39,15 +45,16 @@ def _ready(base: str) -> bool:
 
 
 def start_server(data_dir: Path, env: dict[str, str] | None = None, *, timeout: float = 60.0,
-                 log: Path | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+                 log: Path | None = None, warmup: bool = False) -> tuple[str, subprocess.Popen[bytes]]:
     """`python -m uvicorn --factory service.app:create_app` on 127.0.0.1 and a free port, with
     LOGITSEARCH_DATA_DIR=data_dir (other LOGITSEARCH_* variables of the test process are dropped,
-    then `env` is added). Returns (base url, process) once /readyz answers 200. Output goes to `log`
+    LOGITSEARCH_WARMUP_SECONDS=0 is set unless `warmup`, then `env` is added). Returns (base url, process) once /readyz answers 200. Output goes to `log`
     (default: data_dir/../server-<port>.log)."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LOGITSEARCH_")}
-    clean.update({"LOGITSEARCH_DATA_DIR": str(data_dir), "LOGITSEARCH_LOG_LEVEL": "warning", **(env or {})})
+    clean.update({"LOGITSEARCH_DATA_DIR": str(data_dir), "LOGITSEARCH_LOG_LEVEL": "warning",
+                  **({} if warmup else {"LOGITSEARCH_WARMUP_SECONDS": "0"}), **(env or {})})
     log = log or data_dir.parent / f"server-{port}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
@@ -95,7 +102,7 @@ def servers() -> Iterator[Callable[..., tuple[str, subprocess.Popen[bytes]]]]:
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base url of one server shared by the session's tests."""
-    base, proc = start_server(tmp_path_factory.mktemp("shared") / "data")
+    base, proc = start_server(tmp_path_factory.mktemp("shared") / "data", warmup=True)
     try:
         yield base
     finally:

@@ -70,7 +70,9 @@ def test_a_request_cut_off_at_shutdown_gets_a_503_and_the_server_exits_0_soon_af
     assert Settings().drain_seconds < 10  # docker stop sends SIGKILL after 10 s: leave time for the snapshot
     data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(_argv("serve", port), cwd=REPO, env=_env(data, LOGITSEARCH_DRAIN_SECONDS="1"),
+        # the warm-up off, as in tests/e2e's servers: it is not what this test is about (~4 s a start)
+        proc = subprocess.Popen(_argv("serve", port), cwd=REPO,
+                                env=_env(data, LOGITSEARCH_DRAIN_SECONDS="1", LOGITSEARCH_WARMUP_SECONDS="0"),
                                 stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
