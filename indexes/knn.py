@@ -59,6 +59,7 @@ from core.errors import Conflict, InvalidInput, LogitsearchError, NotFound, Stor
 from core.metrics import INDEXABLE, TEMPERED
 from core.validate import as_rows, check_k, check_temperature
 from indexes import embed, exact, persist
+from indexes.inline import WouldBlock, check_work, must_not_wait
 from indexes.table import Table
 
 IndexMetric = Literal[INDEXABLE]  # type: ignore[valid-type]  # core.metrics owns the vocabulary
@@ -210,8 +211,11 @@ class RWLock:
 
     @contextmanager
     def read(self) -> Iterator[None]:
+        """Inside indexes.inline.inline(), WouldBlock instead of waiting for a writer."""
         with self._cond:
             while self._writer or self._waiting:
+                if must_not_wait():
+                    raise WouldBlock("a write is being applied")
                 self._cond.wait()
             self._readers += 1
         try:
@@ -274,11 +278,12 @@ def _faiss_call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
         raise FaissError(f"FAISS failed to {what}: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def _search_setup(m: int, width: int) -> None:
-    """FAISS's thread count and BLAS switch for a search of m queries of this width."""
+def _search_setup(m: int, width: int, *, per_query: bool = False) -> None:
+    """FAISS's thread count and BLAS switch for a search of m queries of this width. `per_query`:
+    the index gives each query to one thread (HNSW), so two queries already use two threads."""
     # OpenMP's thread count is per calling thread, so concurrent searches do not disturb each other;
     # remembered per thread, since the SWIG call itself showed in single-query profiles
-    n = 1 if m < _SMALL_BATCH else _OMP_THREADS
+    n = 1 if m < (2 if per_query else _SMALL_BATCH) else _OMP_THREADS
     if getattr(_omp_setting, "n", None) != n:
         faiss.omp_set_num_threads(n)
         _omp_setting.n = n
@@ -324,6 +329,11 @@ class MetricIndex(ABC):
     def ready(self) -> bool:
         """False while the index cannot answer (IVF before training): searches scan instead."""
         return True
+
+    def work(self, m: int, n: int, k: int) -> float:
+        """Estimated multiply-adds of its candidates for m queries among n rows (indexes.inline):
+        a flat index compares every row."""
+        return float(m) * n * self.width
 
     @abstractmethod
     def candidates(self, V: F32, kp: int, table: Table, rows: Ids | None = None) -> tuple[F64, Ids]:
@@ -615,6 +625,11 @@ class HnswIndex(_FaissIndex):
     def stale(self, n: int) -> bool:
         return self.overflow or self.dead > max(16, TOMBSTONE_FRACTION * self.index.ntotal)
 
+    def work(self, m: int, n: int, k: int) -> float:
+        # a search visits ~ef nodes and compares each node's ~2M neighbours on the bottom layer
+        p = self.spec.params
+        return float(m) * max(p["ef_search"], 2 * k) * 2 * p["M"] * self.fwidth
+
     def state(self, *, lean: bool = False) -> dict[str, Any]:
         n = self.index.ntotal
         out = {**MetricIndex.state(self), "radius": self.radius,
@@ -707,7 +722,7 @@ class HnswIndex(_FaissIndex):
                 bits = np.packbits(self.alive, bitorder="little")
                 selector = self._selector = (faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits)
             params.sel = selector[0]
-        _search_setup(*V.shape)
+        _search_setup(*V.shape, per_query=True)
         D, labels = _faiss_call("search", self.index.search, self._query(V), kp, params=params)
         ids = np.where(labels >= 0, self.label_ids[np.maximum(labels, 0)], -1)
         return D.astype(np.float64), ids
@@ -739,6 +754,11 @@ class IvfIndex(_FaissIndex):
 
     def ready(self) -> bool:
         return bool(self.index.is_trained)
+
+    def work(self, m: int, n: int, k: int) -> float:
+        # the query against every centroid, then the rows of its nprobe lists
+        p = self.spec.params
+        return float(m) * (p["nlist"] + n * min(1.0, p["nprobe"] / p["nlist"])) * self.fwidth
 
     def _restore(self, state: Mapping[str, Any], id_offset: int) -> None:
         self.index = self._restored_index(state)
@@ -1144,6 +1164,8 @@ class IndexSet:
             if n == 0:
                 return [Hits(np.empty(0, np.int64), np.empty(0), "scanned", None if rows is None else 0, math.inf)
                         for _ in range(m)]
+            if must_not_wait():
+                check_work(self._work(ix, m, n, k, exact), f"a search of {ix.spec.key}")
             qs = embed.queries(ix.spec.metric, ix.spec.temperature, QQ)
             if rows is not None:
                 return [dataclasses.replace(h, matched=n)
@@ -1153,6 +1175,14 @@ class IndexSet:
             if exact or not ix.ready() or _wants_most(ix.spec.metric, k, n):
                 return self._scan(ix, qs, k, excl, np.arange(m))
             return self._complete(ix, qs, k, excl, self._approximate(ix, qs, k, excl))
+
+    def _work(self, ix: MetricIndex, m: int, n: int, k: int, exact: bool) -> float:
+        """Estimated multiply-adds of a search (indexes.inline): the index's candidates, or the
+        scan a flat index may end in (float64, with a softmax per row for the tempered metrics)."""
+        scan = float(m) * n * self.dim * (4 if ix.spec.metric in TEMPERED else 1)
+        if isinstance(ix, FlatIndex) or exact or not ix.ready() or _wants_most(ix.spec.metric, k, n):
+            return max(scan, ix.work(m, n, k))
+        return ix.work(m, n, k)
 
     @staticmethod
     def _within(within: Sequence[float] | None, m: int) -> F64:

@@ -45,6 +45,7 @@ from core.errors import Conflict, InvalidInput, LimitExceeded, NotFound, Storage
 from core.metrics import INDEXABLE, TEMPERED
 from core.validate import check_temperature
 from indexes.exact import topk
+from indexes.inline import WouldBlock, must_not_wait, refuse
 from indexes.knn import KINDS, Hits, IndexSet, IndexSpec, RWLock, certifies
 from service import filters
 from service.catalog import Catalog, CollectionConfig, Entry, IndexState, IndexStatus, check_name
@@ -1274,7 +1275,11 @@ class Coordinator:
                                 [plans[i][2] for i in ms], None if flt is None else allowed[flt])
                     for (_, k, exact, flt), ms in zip(keys, members)]
 
-        with self._search_slots:
+        if member.remote:
+            refuse("a sharded collection's search waits for its shards")
+        if flts:
+            refuse("a filter may wait for SQLite's payload index")
+        with self._search_slot():
             started = time.perf_counter()
             if member.remote:
                 ask = _Fanout(member, allow_partial)
@@ -1296,6 +1301,16 @@ class Coordinator:
             for j, i in enumerate(ms):
                 answers_[i] = merge_hits([part[g][j] for part in per_shard], queries[ms[0]].k)
         return self._results(member, queries, plans, answers_, seconds)
+
+    @contextmanager
+    def _search_slot(self) -> Iterator[None]:
+        """One of the search slots (an inline search does not wait for one: WouldBlock)."""
+        if not self._search_slots.acquire(blocking=not must_not_wait()):
+            raise WouldBlock("every search slot is taken")
+        try:
+            yield
+        finally:
+            self._search_slots.release()
 
     def _sharded_search(self, member: _Member, queries: Sequence[Query], members: list[list[int]],
                         first: dict[int, list[SearchGroup]], ask: _Fanout

@@ -59,6 +59,7 @@ class Metrics:
     search_seconds: Histogram
     search_answers: Counter
     ingested_rows: Counter
+    search_lanes: Counter
     #: labelled children by (series, labels): prometheus's labels() costs ~10 us a call, per search
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -89,6 +90,10 @@ class Metrics:
                                    ["metric", "how"], registry=registry),
             ingested_rows=Counter("logitsearch_ingested_rows", "points written by upsert and bulk ingest",
                                   registry=registry),
+            search_lanes=Counter("logitsearch_search_lane_requests",
+                                 "search requests of the fast lane by where they ran (inline: on the event "
+                                 "loop; worker: a worker thread) and whether they shared one index call with "
+                                 "other requests that arrived together", ["lane", "together"], registry=registry),
         )
         registry.register(_IndexSizes(app))
         return metrics
@@ -148,6 +153,13 @@ def observe_search(where: Request | FastAPI, metric: str, kind: str, seconds: fl
     counts = {how: 1} if isinstance(how, str) else (how or {})
     for h, n in counts.items():
         metrics.child(metrics.search_answers, metric, h).inc(n)
+
+
+def count_lane(where: Request | FastAPI, lane: str, requests: int) -> None:
+    """Count `requests` search requests answered by one call in `lane` ("inline" or "worker")."""
+    metrics = _metrics(where)
+    if metrics is not None:
+        metrics.child(metrics.search_lanes, lane, "yes" if requests > 1 else "no").inc(requests)
 
 
 def count_ingested(where: Request | FastAPI, n: int) -> None:

@@ -180,6 +180,7 @@ class CollectionShard:
         self._error: str | None = None
         self._ids = IdMap()
         self._lock = threading.RLock()
+        self._counting = threading.Lock()  # only for _searched
         # searches share it; a bulk apply takes it alone, so a search sees all of a bulk ingest or none
         self._gate = RWLock()
         self._loaded = threading.Event()
@@ -687,7 +688,7 @@ class CollectionShard:
             out = [iset.search(g.spec, g.Q, g.k, exact=g.exact, exclude=g.exclude, allowed=g.allowed,
                                stage=g.stage, within=None if g.within is None else g.within.tolist())
                    for g in groups]
-        with self._lock:
+        with self._counting:  # not self._lock: a writer holds that through its COMMIT
             for g in groups:
                 self._searched[g.stage] = self._searched.get(g.stage, 0) + len(g.Q)
         return out
@@ -695,12 +696,14 @@ class CollectionShard:
     def searches(self) -> dict[str, int]:
         """Queries this shard has searched since it started, by stage ("all"; "first" and "second"
         as one part of a merge): how often the coordinator needed a second round here."""
-        with self._lock:
+        with self._counting:
             return dict(self._searched)
 
     def describe(self, iids: Sequence[int], *, vector: bool, payload: bool) -> Described:
         """External ids of `iids` and, when asked, their stored payloads and vectors."""
         exts = self._ids.exts(iids)
+        if payload and not vector and not self._store.may_hold_payloads(self.cid):
+            return Described(exts, [None] * len(exts), None)
         if not (vector or payload):
             return Described(exts, None, None)
         stored = self._store.points(self.cid, sorted(set(iids)), vector=vector, payload=payload)

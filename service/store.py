@@ -182,8 +182,9 @@ def _matching(conn: sqlite3.Connection, cid: int, f: filters.Filter) -> Ids:
 class Transaction:
     """The writes of one request; `Store.transaction` commits them together or not at all."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, payloads: dict[int, bool] | None = None) -> None:
         self._c = conn
+        self._payloads = {} if payloads is None else payloads  # the store's Store.may_hold_payloads
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -225,6 +226,8 @@ class Transaction:
         the payload index rows of the `indexed` keys are replaced with them."""
         X = np.ascontiguousarray(X, dtype="<f4")
         pay = payloads if payloads is not None else [None] * len(iids)
+        if any(p is not None for p in pay):
+            self._payloads[cid] = True  # before the write: a reader never learns False after it
         self._c.executemany(
             "INSERT INTO points (iid, cid, ext, seq, vector, payload) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (iid) DO UPDATE SET seq = excluded.seq, vector = excluded.vector, "
@@ -265,6 +268,7 @@ class Transaction:
 
     def restore_points(self, cid: int, rows: Iterable[tuple[int, Ext, int, bytes, str | None]]) -> None:
         """Insert rows as a collection snapshot holds them: (iid, ext, seq, float32 LE bytes, payload)."""
+        self._payloads[cid] = True
         self._c.executemany("INSERT INTO points (iid, cid, ext, seq, vector, payload) VALUES (?, ?, ?, ?, ?, ?)",
                             ((i, cid, e, s, v, p) for i, e, s, v, p in rows))
 
@@ -300,6 +304,8 @@ class Store:
         self._readers_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
+        #: cid -> whether its points may hold a payload (False: none does; True once one is written)
+        self._payloads: dict[int, bool] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -377,7 +383,7 @@ class Store:
                 raise StorageError("the store is closed")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                yield Transaction(conn)
+                yield Transaction(conn, self._payloads)
                 conn.execute("COMMIT")
                 if self._checkpointer is not None:
                     self._checkpointer.nudge()
@@ -436,6 +442,20 @@ class Store:
     def deleted_after(self, cid: int, after: int) -> Ids:
         rows = self._reader().execute("SELECT iid FROM deleted WHERE cid = ? AND seq > ?", (cid, after)).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def may_hold_payloads(self, cid: int) -> bool:
+        """False when no point of the collection has a payload (a search then need not read its
+        winners' rows). Learnt once from SQLite; a write of a payload marks it True before it runs,
+        and the lookup only fills in a missing answer, so a racing reader never undoes that mark."""
+        known = self._payloads.get(cid)
+        if known is None:
+            try:
+                row = self._reader().execute(
+                    "SELECT EXISTS (SELECT 1 FROM points WHERE cid = ? AND payload IS NOT NULL)", (cid,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(_reason(exc)) from exc
+            known = self._payloads.setdefault(cid, bool(row[0]))
+        return known
 
     @_guarded
     def points(self, cid: int, iids: Sequence[int], *, vector: bool, payload: bool) -> dict[int, StoredPoint]:

@@ -10,6 +10,7 @@ per-request machinery (tests/service/test_fastlane.py holds the two to the same 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic_core
@@ -92,6 +93,18 @@ def answer_search(app: FastAPI, name: str, body: SearchIn) -> dict[str, Any]:
     results = backend.search(name, [q], allow_partial=body.allow_partial)
     _observe(app, results)
     return _result_json(results[0], q)
+
+
+def answer_together(app: FastAPI, name: str, bodies: Sequence[SearchIn]) -> list[dict[str, Any]]:
+    """The answers to single searches that arrived together (service.fastlane), from one call to
+    the backend: each is the answer answer_search gives it (`took_ms` is the shared call's). Any
+    error is the whole call's: the caller then answers each alone, for its own error."""
+    backend: Coordinator = app.state.backend
+    dim = backend.dim(name)
+    queries = [_query(b, dim, "") for b in bodies]
+    results = backend.search(name, queries, allow_partial=bodies[0].allow_partial)
+    _observe(app, results)
+    return [_result_json(r, q) for r, q in zip(results, queries)]
 
 
 def answer_batch(app: FastAPI, name: str, body: SearchBatchIn) -> dict[str, Any]:
