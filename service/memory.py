@@ -32,33 +32,35 @@ release_memory = _libc_trim()
 
 class _Trimmer:
     """`freed(n)`: about n bytes of request temporaries (a JSON body's Python floats) are being
-    freed; a daemon thread gives the heap back once THRESHOLD bytes have been noted, at most every
-    EVERY seconds, so a stream of large JSON upserts does not leave their peak as RSS."""
+    freed; a daemon thread gives the heap back as soon as THRESHOLD bytes have been noted, then
+    rests EVERY seconds (at most one trim per EVERY), so a stream of large JSON upserts does not
+    leave their peak as RSS. Between trims the thread sleeps until it is needed."""
 
     EVERY = 1.0
     THRESHOLD = 32 * 1024 * 1024
 
     def __init__(self) -> None:
         self._pending = 0
-        self._lock = threading.Lock()
+        self._due = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def freed(self, nbytes: int) -> None:
-        with self._lock:
+        with self._due:
             self._pending += nbytes
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
                 self._thread.start()
+            if self._pending >= self.THRESHOLD:
+                self._due.notify()
 
     def _run(self) -> None:
         while True:
+            with self._due:
+                while self._pending < self.THRESHOLD:
+                    self._due.wait()
+                self._pending = 0
+            release_memory()
             time.sleep(self.EVERY)
-            with self._lock:
-                due = self._pending >= self.THRESHOLD
-                if due:
-                    self._pending = 0
-            if due:
-                release_memory()
 
 
 trimmer = _Trimmer()
