@@ -21,6 +21,7 @@ no outside row can enter the top k and the answer is exact ("certified"). The bo
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,8 @@ import numpy.typing as npt
 from numba import njit, prange
 
 from core.kernels import FASTMATH
-from core.parallel import region
+from core.parallel import THREADSAFE, region, threading_layer
+from indexes.inline import WouldBlock, must_not_wait
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -244,6 +246,14 @@ def _scan_serial(code, Q, X, qq, inv_t, out):  # type: ignore[no-untyped-def]
 SERIAL_SCAN_TERMS = 1 << 21
 
 
+def _region() -> AbstractContextManager[None]:
+    """core.parallel.region(); an inline search (indexes.inline) does not wait for a serialised
+    layer's turn: WouldBlock."""
+    if must_not_wait() and threading_layer() not in THREADSAFE:
+        raise WouldBlock("parallel kernels run one at a time here (numba's workqueue layer)")
+    return region()
+
+
 def _inv_t(t: float | None) -> float:
     return 1.0 if t is None else 1.0 / t
 
@@ -258,7 +268,7 @@ def pair_distances(metric: str, t: float | None, Q: F64, X: F32, rows: I64) -> F
         if Qc.shape[0] < _SERIAL_BELOW:
             _pairs_serial(_CODE[metric], Qc, X, rows, qq, _inv_t(t), out)
         else:
-            with region():
+            with _region():
                 _pairs(_CODE[metric], Qc, X, rows, qq, _inv_t(t), out)
     return out
 
@@ -295,7 +305,7 @@ def scan(metric: str, t: float | None, Q: F64, X: F32, ids: I64, k: int,
         if m * Xs.shape[0] * Xs.shape[1] < SERIAL_SCAN_TERMS:
             _scan_serial(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)  # calling thread only: no pool to guard
         else:
-            with region():  # one block at a time: a workqueue layer is entered by one thread only
+            with _region():  # one block at a time: a workqueue layer is entered by one thread only
                 _scan(_CODE[metric], Qc, Xs, qq, _inv_t(t), D)
         block_ids = np.broadcast_to(ids[s : s + step], D.shape)
         if exclude is not None:
