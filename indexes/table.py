@@ -112,26 +112,41 @@ class _IdMap:
             rest, p = ids[~hit], pos[~hit]
             for x in rest[p < 0].tolist():
                 del recent[x]
-            recent.update(zip(rest[p >= 0].tolist(), p[p >= 0].tolist()))
-        self._maybe_merge(n)
-
-    def _maybe_merge(self, n: int) -> None:
-        if len(self._recent) + self._dead > max(_MERGE_MIN, n // _MERGE_EVERY):
+            added = p >= 0
+            if len(recent) + self._dead + int(added.sum()) > self._limit(n):
+                # a bulk write goes to the base straight away: ~100 B of Python objects per id in the
+                # dict, freed by the merge, would stay in the heap's arenas (RSS) after a large load
+                self.merge(rest[added], p[added])
+                return
+            recent.update(zip(rest[added].tolist(), p[added].tolist()))
+        if len(self._recent) + self._dead > self._limit(n):
             self.merge()
 
-    def merge(self) -> None:
-        """Fold `recent` into the base and drop its tombstones: O(n + r log r) for r recent ids."""
+    @staticmethod
+    def _limit(n: int) -> int:
+        return max(_MERGE_MIN, n // _MERGE_EVERY)
+
+    def merge(self, more: Ids | None = None, more_at: Ids | None = None) -> None:
+        """Fold `recent` and the ids `more` at `more_at` (none in the base; where one is in `recent`
+        too, its position in `more_at` wins) into the base and drop its tombstones: O(n + r log r)
+        for r ids added."""
         keys, at = self._base
-        if not self._recent and self._dead == int(at[-1] < 0):
+        if more is None or more_at is None:
+            more = more_at = np.empty(0, np.int64)
+        if not self._recent and not more.size and self._dead == int(at[-1] < 0):
             return
         live = at[:-1] >= 0
         r = len(self._recent)
-        rk = np.fromiter(self._recent.keys(), dtype=np.int64, count=r)
-        rp = np.fromiter(self._recent.values(), dtype=np.int64, count=r)
-        order = np.argsort(rk)
+        rk = np.concatenate([np.fromiter(self._recent.keys(), dtype=np.int64, count=r), more])
+        rp = np.concatenate([np.fromiter(self._recent.values(), dtype=np.int64, count=r), more_at])
+        order = np.argsort(rk, kind="stable")
         rk, rp = rk[order], rp[order]
+        last = np.ones(rk.size, dtype=bool)  # an id of `more` that is in `recent` moved since
+        last[:-1] = rk[1:] != rk[:-1]
+        rk, rp = rk[last], rp[last]
+        r = rk.size
         bk = keys[:-1][live]
-        # each recent id's place in the merged keys: its rank among the base's keys plus its own
+        # each added id's place in the merged keys: its rank among the base's keys plus its own
         dst = bk.searchsorted(rk) + np.arange(r)
         total = bk.size + r
         new_keys = np.empty(total + 1, dtype=np.int64)
