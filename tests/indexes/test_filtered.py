@@ -146,7 +146,8 @@ def test_many_ids_find_their_rows_through_writes_as_one_id_at_a_time_does(rng):
     ids = rng.choice(10**9, size=20_000, replace=False).astype(np.int64)
     def check() -> None:
         probe = np.concatenate([ids[rng.integers(0, ids.size, 6000)], [10**12, -5]])
-        want = np.array([t._pos.get(int(i), -1) for i in probe])
+        where = dict(zip(t.ids.tolist(), range(t.n)))
+        want = np.array([where.get(int(i), -1) for i in probe])
         np.testing.assert_array_equal(t.positions(probe), want)
         assert (t.ids[want[want >= 0]] == probe[want >= 0]).all()
 
