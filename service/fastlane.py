@@ -203,6 +203,10 @@ class _Together:
 
     def _delivered(self, futures: list[asyncio.Future[Any]], n: int, work: asyncio.Future[list[Any]]) -> None:
         count_lane(self._app, "worker", n)
+        if work.cancelled():  # the loop is shutting down: so are the requests
+            for future in futures:
+                future.cancel()
+            return
         error = work.exception()
         _deliver(futures, [error] * len(futures) if error is not None else work.result())
 
