@@ -10,6 +10,7 @@ collection without payloads is searched without reading its rows from SQLite.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -188,3 +189,18 @@ def test_payloads_are_read_only_for_collections_that_have_them(tmp_path: Path, m
     with make_client(tmp_path / "data") as client:  # a restart learns it from SQLite
         r = client.post(f"{C}/p/search", json={"vector": X[7], "k": 3})
         assert r.status_code == 200 and r.json()["hits"][0]["payload"] == {"label": "cat"}
+
+
+def test_searches_waiting_for_a_cancelled_worker_call_are_cancelled_not_left_hanging(seeded):
+    client, _ = seeded
+
+    async def run() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        together = fastlane._Together(client.app)
+        waiting = [loop.create_future() for _ in range(3)]
+        work = loop.create_future()
+        work.cancel()
+        together._delivered(waiting, len(waiting), work)
+        return [f.cancelled() for f in waiting]
+
+    assert asyncio.run(run()) == [True, True, True]
