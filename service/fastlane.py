@@ -116,7 +116,7 @@ class SearchFastLane:
         response: Response
         try:
             if isinstance(parsed, SearchIn):
-                content = await self._together.answer(name, parsed, answer)
+                content = await self._together.answer(name, parsed)
             else:
                 content = await self._alone(answer, name, parsed)
         except LogitsearchError as exc:
@@ -174,11 +174,9 @@ class _Together:
     def __init__(self, app: FastAPI) -> None:
         self._app = app
         self._queued: dict[tuple[str, bool], list[tuple[SearchIn, asyncio.Future[Any]]]] = {}
-        self._alone: Any = answer_search
 
-    def answer(self, name: str, body: SearchIn, alone: Any) -> asyncio.Future[Any]:
-        """The answer to one search (`alone` answers it when it is answered alone)."""
-        self._alone = alone
+    def answer(self, name: str, body: SearchIn) -> asyncio.Future[Any]:
+        """The answer to one search."""
         loop = asyncio.get_running_loop()
         if not self._queued:
             loop.call_soon(self._flush)
@@ -188,14 +186,14 @@ class _Together:
 
     def _flush(self) -> None:
         queued, self._queued = self._queued, {}
+        alone = _LANES["search"][1]  # answer_search (the lane's table, as for every request)
         for (name, _), items in queued.items():
             bodies, futures = [b for b, _ in items], [f for _, f in items]
             try:
                 with inline(INLINE_WORK):
-                    outcomes = _answer_each(self._app, name, bodies, self._alone)
+                    outcomes = _answer_each(self._app, name, bodies, alone)
             except WouldBlock:
-                work = asyncio.get_running_loop().run_in_executor(None, _answer_each, self._app, name, bodies,
-                                                                     self._alone)
+                work = asyncio.get_running_loop().run_in_executor(None, _answer_each, self._app, name, bodies, alone)
                 work.add_done_callback(functools.partial(self._delivered, futures, len(bodies)))
             else:
                 count_lane(self._app, "inline", len(bodies))
