@@ -552,7 +552,11 @@ class _FaissIndex(MetricIndex):
             self.overflow = True
 
     def state(self, *, lean: bool = False) -> dict[str, Any]:
-        return {**super().state(), "radius": self.radius, "faiss": faiss.serialize_index(self.index)}
+        return {**super().state(), "radius": self.radius, **self._index_state(lean)}
+
+    def _index_state(self, lean: bool) -> dict[str, Any]:
+        """The FAISS index's part of `state`: the whole index, serialised."""
+        return {"faiss": faiss.serialize_index(self.index)}
 
     def _restored_index(self, state: Mapping[str, Any], field: str = "faiss", flags: int = 0) -> Any:
         key = self.spec.key
@@ -632,16 +636,18 @@ class HnswIndex(_FaissIndex):
 
     def state(self, *, lean: bool = False) -> dict[str, Any]:
         n = self.index.ntotal
-        out = {**MetricIndex.state(self), "radius": self.radius,
-               "labels": self.label_ids[:n].copy(), "alive": self.alive[:n].copy()}
+        return {**super().state(lean=lean), "labels": self.label_ids[:n].copy(), "alive": self.alive[:n].copy()}
+
+    def _index_state(self, lean: bool) -> dict[str, Any]:
         if not lean:
-            return {**out, "faiss": faiss.serialize_index(self.index)}
+            return super()._index_state(lean)
+        n = self.index.ntotal
         writer = faiss.VectorIOWriter()
         _faiss_call("save the graph", faiss.write_index, self.index, writer, faiss.IO_FLAG_SKIP_STORAGE)
         dead = np.flatnonzero(~self.alive[:n])
         tombs = (self.index.storage.reconstruct_batch(dead) if dead.size
                  else np.empty((0, self.fwidth), dtype=np.float32))
-        return {**out, "graph": faiss.vector_to_array(writer.data), "tombs": np.asarray(tombs, dtype=np.float32)}
+        return {"graph": faiss.vector_to_array(writer.data), "tombs": np.asarray(tombs, dtype=np.float32)}
 
     def refill(self, table: Table) -> None:
         """Give a graph restored without its vectors ("graph") its storage: each live label's row of
