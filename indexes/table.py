@@ -27,7 +27,7 @@ _FEW = 64
 _I64_MAX = np.iinfo(np.int64).max
 
 
-class _IdMap:
+class PositionMap:
     """id -> row position in ~16 B per id: a sorted base of two int64 arrays plus a small dict (issue 16).
 
     A dict of one entry per row costs ~100 B per row (the entry and two int objects), a fifteenth of
@@ -54,13 +54,13 @@ class _IdMap:
         self._dead = int(at[-1] < 0)  # the -1 entries of `at`
 
     @classmethod
-    def of(cls, ids: Ids) -> _IdMap:
+    def of(cls, ids: Ids) -> PositionMap:
         """The map of unique `ids` (int64 (n,)) at positions 0..n-1."""
         order = np.argsort(ids)
         return cls(ids[order], order.astype(np.int64, copy=False))
 
-    def copy(self) -> _IdMap:
-        m = _IdMap.__new__(_IdMap)
+    def copy(self) -> PositionMap:
+        m = PositionMap.__new__(PositionMap)
         keys, at = self._base
         m._base = (keys, at.copy())  # keys are never written in place, so the copy may share them
         m._recent, m._dead = dict(self._recent), self._dead
@@ -169,7 +169,7 @@ class Table:
         self._ids: Ids = np.empty(0, dtype=np.int64)
         self._rows: F32 = np.empty((0, dim), dtype=np.float32)
         self._cols: dict[str, F32] = {}
-        self._map = _IdMap()
+        self._map = PositionMap()
 
     @classmethod
     def adopt(cls, ids: Ids, rows: F32) -> Table:
@@ -177,7 +177,7 @@ class Table:
         the arrays as they are, without a copy: a snapshot's load holds one copy of the rows, not two."""
         t = cls(rows.shape[1])
         t._n, t._ids, t._rows = ids.size, ids, rows
-        t._map = _IdMap.of(ids)
+        t._map = PositionMap.of(ids)
         return t
 
     def reserve(self, n: int) -> None:

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from core.errors import InvalidInput, LogitsearchError, NotFound, StorageError
 from indexes.knn import Hits, IndexSet, IndexSpec, RWLock, Stage
+from indexes.table import PositionMap
 from service import filters
 from service.catalog import CollectionConfig, IndexStatus
 from service.idmap import IdMap
@@ -312,13 +313,11 @@ class CollectionShard:
         n = ids.size
         out = np.zeros((n, self._config.dim), dtype=np.float32)
         seen = np.zeros(n, dtype=bool)
-        order = np.argsort(ids, kind="stable")
-        keys = ids[order]
+        where = PositionMap.of(ids)  # each id's place in `ids`
         for iids, X in self._store.rows(self.cid, chunk=APPLY_CHUNK):
-            at = np.minimum(np.searchsorted(keys, iids), max(n - 1, 0))
-            hit = keys[at] == iids if n else np.zeros(iids.size, dtype=bool)
-            pos = order[at[hit]]
-            out[pos], seen[pos] = X[hit], True
+            pos = where.get(iids)
+            hit = pos >= 0
+            out[pos[hit]], seen[pos[hit]] = X[hit], True
         missing = ids[~seen]
         if missing.size and not np.isin(missing, self._store.deleted_after(self.cid, seq)).all():
             raise StorageError(f"the index snapshot holds {missing.size} points the database has not")

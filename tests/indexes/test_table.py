@@ -59,8 +59,8 @@ def _check(t: Table, model: _Model, gone: np.ndarray, rng: np.random.Generator) 
 
 def test_positions_follow_a_dict_through_random_writes_merges_and_snapshots(rng, monkeypatch):
     merges = []
-    merge = table_mod._IdMap.merge
-    monkeypatch.setattr(table_mod._IdMap, "merge", lambda self, *a: (merges.append(1), merge(self, *a))[1])
+    merge = table_mod.PositionMap.merge
+    monkeypatch.setattr(table_mod.PositionMap, "merge", lambda self, *a: (merges.append(1), merge(self, *a))[1])
     # ids anywhere in int64, the extremes included, plus a dense run that the writes revisit
     pool = np.unique(np.concatenate([rng.integers(I64.min, I64.max, 60_000, dtype=np.int64),
                                      np.arange(-3000, 3000), [I64.min, I64.max, I64.min + 1, I64.max - 1]]))
@@ -164,8 +164,8 @@ def test_a_bulk_upsert_puts_no_python_object_per_row_into_the_map(rng):
 
 def test_single_row_writes_merge_once_per_sixteenth_of_the_table(rng, monkeypatch):
     merges = []
-    merge = table_mod._IdMap.merge
-    monkeypatch.setattr(table_mod._IdMap, "merge", lambda self, *a: (merges.append(1), merge(self, *a))[1])
+    merge = table_mod.PositionMap.merge
+    monkeypatch.setattr(table_mod.PositionMap, "merge", lambda self, *a: (merges.append(1), merge(self, *a))[1])
     n = 100_000
     ids = rng.choice(2**62, size=n, replace=False).astype(np.int64)
     t = Table.adopt(ids.copy(), _rows(np.arange(n)))
