@@ -39,8 +39,9 @@ class PositionMap:
     place when written again. So a live id is either live in the base or in `recent`, never both,
     and only an id whose key the base lacks needs a look in `recent`.
 
-    Writers change positions in place (readers are held off while a write applies); a merge builds
-    new arrays and swaps the (keys, at) pair in one assignment, so a reader sees one base or the other.
+    Writers change positions in place; a merge builds new arrays and swaps the (keys, at, recent)
+    triple in one assignment, so a reader sees one base with its own recent ids or the other, and a
+    reader needs no lock (the shard's id map reads while a writer writes: one writer at a time).
     """
 
     def __init__(self, keys: Ids | None = None, at: Ids | None = None) -> None:
@@ -49,8 +50,7 @@ class PositionMap:
             keys = at = np.empty(0, np.int64)
         if not keys.size or keys[-1] != _I64_MAX:
             keys, at = np.append(keys, _I64_MAX), np.append(at, -1)
-        self._base: tuple[Ids, Ids] = (keys, at)
-        self._recent: dict[int, int] = {}
+        self._state: tuple[Ids, Ids, dict[int, int]] = (keys, at, {})
         self._dead = int(at[-1] < 0)  # the -1 entries of `at`
 
     @classmethod
@@ -61,17 +61,16 @@ class PositionMap:
 
     def copy(self) -> PositionMap:
         m = PositionMap.__new__(PositionMap)
-        keys, at = self._base
-        m._base = (keys, at.copy())  # keys are never written in place, so the copy may share them
-        m._recent, m._dead = dict(self._recent), self._dead
+        keys, at, recent = self._state
+        m._state = (keys, at.copy(), dict(recent))  # keys are never written in place: the copy shares them
+        m._dead = self._dead
         return m
 
     def get(self, flat: Ids) -> Ids:
         """The position of each id of `flat` (int64 (m,)), -1 where absent; a new array."""
-        keys, at = self._base
+        keys, at, recent = self._state
         i = keys.searchsorted(flat)
         out = at[i]
-        recent = self._recent
         if flat.size <= _FEW:
             # a search's 10-20 ids: comparing Python ints costs less than numpy's masks on so few
             for j, x, k in zip(itertools.count(), flat.tolist(), keys[i].tolist()):
@@ -89,9 +88,8 @@ class PositionMap:
     def set(self, ids: Ids, pos: Ids, n: int) -> None:
         """Map each of the unique `ids` to its `pos`, or forget it where `pos` is -1 (int64 (m,) each);
         `n` is the live count after the write. An id keeps its slot in the base if it has one."""
-        keys, at = self._base
+        keys, at, recent = self._state
         i = keys.searchsorted(ids)
-        recent = self._recent
         if ids.size <= _FEW:
             # a single-row write: Python ints cost less than a dozen numpy calls on one element
             dead = self._dead
@@ -119,7 +117,7 @@ class PositionMap:
                 self.merge(rest[added], p[added])
                 return
             recent.update(zip(rest[added].tolist(), p[added].tolist()))
-        if len(self._recent) + self._dead > self._limit(n):
+        if len(recent) + self._dead > self._limit(n):
             self.merge()
 
     @staticmethod
@@ -130,15 +128,15 @@ class PositionMap:
         """Fold `recent` and the ids `more` at `more_at` (none in the base; where one is in `recent`
         too, its position in `more_at` wins) into the base and drop its tombstones: O(n + r log r)
         for r ids added."""
-        keys, at = self._base
+        keys, at, recent = self._state
         if more is None or more_at is None:
             more = more_at = np.empty(0, np.int64)
-        if not self._recent and not more.size and self._dead == int(at[-1] < 0):
+        if not recent and not more.size and self._dead == int(at[-1] < 0):
             return
         live = at[:-1] >= 0
-        r = len(self._recent)
-        rk = np.concatenate([np.fromiter(self._recent.keys(), dtype=np.int64, count=r), more])
-        rp = np.concatenate([np.fromiter(self._recent.values(), dtype=np.int64, count=r), more_at])
+        r = len(recent)
+        rk = np.concatenate([np.fromiter(recent.keys(), dtype=np.int64, count=r), more])
+        rp = np.concatenate([np.fromiter(recent.values(), dtype=np.int64, count=r), more_at])
         order = np.argsort(rk, kind="stable")
         rk, rp = rk[order], rp[order]
         last = np.ones(rk.size, dtype=bool)  # an id of `more` that is in `recent` moved since
@@ -156,8 +154,7 @@ class PositionMap:
         new_keys[dst], new_at[dst] = rk, rp
         new_keys[:total][old], new_at[:total][old] = bk, at[:-1][live]
         new_keys[total], new_at[total] = _I64_MAX, at[-1]
-        self._base = (new_keys, new_at)
-        self._recent, self._dead = {}, int(at[-1] < 0)
+        self._state, self._dead = (new_keys, new_at, {}), int(at[-1] < 0)
 
 
 class Table:

@@ -141,7 +141,7 @@ class _Bulk:
     tx: Transaction
     seq: int
     seen: set[Ext]
-    fresh: list[tuple[Ext, int]]
+    fresh: list[tuple[Sequence[Ext], Ids, list[int]]]  # per chunk: its ids, iids and new rows
     kept: list[tuple[Ids, F32]] | None
     rows: int = 0
 
@@ -219,7 +219,7 @@ class CollectionShard:
         started = time.perf_counter()
         try:
             with self._lock:
-                self._ids = IdMap(self._store.ext_ids(self.cid))
+                self._ids = IdMap.of(*self._store.ext_id_arrays(self.cid))
                 iset = preloaded if preloaded is not None else self._open_snapshot(last_seq)
                 if iset is not None:
                     try:
@@ -378,7 +378,7 @@ class CollectionShard:
                 seq = tx.next_seq(self.cid)
                 tx.put_points(self.cid, seq, iids.tolist(), ids, X, payloads, self._config.payload_index)
             self._version += 1
-            self._ids.bind((ids[r], int(iids[r])) for r in fresh)
+            self._ids.bind_rows(ids, iids, fresh)
             future = self._apply.submit(self._apply_one, seq, iids, X, None)
         return self._result(seq, future, len(ids), keep)
 
@@ -411,7 +411,7 @@ class CollectionShard:
                 bulk.seen.add(e)
             iids, fresh = self._ids.resolve(ids)
             _assign(bulk.tx, iids, fresh, candidates)
-            bulk.fresh.extend((ids[r], int(iids[r])) for r in fresh)
+            bulk.fresh.append((ids, iids, fresh))
             bulk.tx.put_points(self.cid, bulk.seq, iids.tolist(), ids, X, payloads, self._config.payload_index)
             bulk.rows += len(X)
             if bulk.kept is not None:
@@ -430,7 +430,8 @@ class CollectionShard:
         bulk.stack.close()  # COMMIT (StorageError when it fails: nothing was written)
         with self._lock:
             self._version += 1
-            self._ids.bind(bulk.fresh)
+            for exts, iids, fresh in bulk.fresh:
+                self._ids.bind_rows(exts, iids, fresh)
             future = self._apply.submit(self._apply_bulk, bulk.seq, bulk.rows, bulk.kept)
             bulk.kept = None
             # after the apply's chunks are freed (its work item holds them while it runs)

@@ -416,6 +416,17 @@ class Store:
         return self._reader().execute("SELECT iid, ext FROM points WHERE cid = ?", (cid,)).fetchall()
 
     @_guarded
+    def ext_id_arrays(self, cid: int) -> tuple[Ids, Ids, list[tuple[int, Ext]]]:
+        """The collection's integer ids as arrays (iids, exts: int64 (n,) each), streamed without a
+        Python tuple per point kept, and (iid, ext) of the other points (IdMap.of's arguments)."""
+        db = self._reader()
+        pairs = np.fromiter(db.execute("SELECT iid, ext FROM points WHERE cid = ? AND typeof(ext) = 'integer'",
+                                       (cid,)), dtype=[("iid", np.int64), ("ext", np.int64)])
+        others = db.execute("SELECT iid, ext FROM points WHERE cid = ? AND typeof(ext) != 'integer'",
+                            (cid,)).fetchall()
+        return pairs["iid"].copy(), pairs["ext"].copy(), others
+
+    @_guarded
     def count(self, cid: int) -> int:
         return int(self._reader().execute("SELECT count(*) FROM points WHERE cid = ?", (cid,)).fetchone()[0])
 
