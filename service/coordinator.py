@@ -1501,13 +1501,20 @@ _RESTORES = """CREATE TABLE IF NOT EXISTS shard_restores (cid INTEGER PRIMARY KE
 
 
 def _bulk_rows(chunks: Iterable[F32], ids: Iterable[Ext], payloads: Sequence[str | None] | None
-               ) -> Iterator[tuple[F32, list[Ext], list[str | None] | None, int]]:
+               ) -> Iterator[tuple[F32, Sequence[Ext], list[str | None] | None, int]]:
     """Each chunk of a bulk write with its ids, its payloads and the rows before it, checked as they
-    come; after the last chunk, that ids and payloads were not longer than the rows."""
+    come; after the last chunk, that ids and payloads were not longer than the rows. A range of ids
+    (`?start=`) goes on as ranges: no Python int per row."""
+    whole = ids if isinstance(ids, range) else None
     id_iter = iter(ids)
     n = 0
     for X in chunks:
-        exts = list(itertools.islice(id_iter, len(X)))
+        exts: Sequence[Ext]
+        if whole is not None:
+            exts = whole[n:n + len(X)]
+            id_iter = iter(whole[n + len(exts):])
+        else:
+            exts = list(itertools.islice(id_iter, len(X)))
         if len(exts) != len(X):
             raise InvalidInput("ids", f"{n + len(exts)} ids for at least {n + len(X)} rows")
         if payloads is not None and n + len(X) > len(payloads):

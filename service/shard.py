@@ -141,6 +141,7 @@ class _Bulk:
     tx: Transaction
     seq: int
     seen: set[Ext]
+    ranges: list[range]  # chunks whose ids were a range: seen too
     fresh: list[tuple[Sequence[Ext], Ids, list[int]]]  # per chunk: its ids, iids and new rows
     kept: list[tuple[Ids, F32]] | None
     rows: int = 0
@@ -158,6 +159,29 @@ def _assign(tx: Transaction, iids: Ids, fresh: Sequence[int], candidates: Sequen
     start = tx.allocate(len(fresh))
     for j, r in enumerate(fresh):
         iids[r] = start + j
+
+
+def _check_unique(bulk: _Bulk, ids: Sequence[Ext]) -> None:
+    """InvalidInput unless `ids` are new to the bulk write; then they are seen. Ranges of ids
+    (`?start=`) are kept as ranges, not as a set of one Python int per row."""
+    n, ranges = bulk.rows, bulk.ranges
+
+    def duplicate(e: Ext, row: int) -> InvalidInput:
+        return InvalidInput("ids", f"duplicate id {e!r} (row {n + row}); ids must be unique")
+
+    if isinstance(ids, range) and ids.step == 1:
+        firsts = [max(ids.start, r.start) for r in ranges if r and ids.start < r.stop and r.start < ids.stop]
+        firsts += [e for e in bulk.seen if type(e) is int and e in ids]
+        if ids and firsts:
+            first = min(firsts)
+            raise duplicate(first, first - ids.start)
+        ranges.append(ids)
+        return
+    for j, e in enumerate(ids):
+        # a str is never in a range (and `in` would scan the range for one)
+        if e in bulk.seen or (type(e) is int and any(e in r for r in ranges)):
+            raise duplicate(e, j)
+        bulk.seen.add(e)
 
 
 # --- the shard -------------------------------------------------------------------------------------
@@ -390,7 +414,7 @@ class CollectionShard:
         stack = ExitStack()
         try:
             tx = stack.enter_context(self._store.transaction())
-            bulk = _Bulk(stack, tx, tx.next_seq(self.cid), set(), [], [])
+            bulk = _Bulk(stack, tx, tx.next_seq(self.cid), set(), [], [], [])
         except BaseException:
             stack.close()
             raise
@@ -404,11 +428,7 @@ class CollectionShard:
         `candidates`: internal ids for the new rows, as for `upsert`."""
         bulk = self._bulk(handle)
         try:
-            n = bulk.rows
-            for j, e in enumerate(ids):
-                if e in bulk.seen:
-                    raise InvalidInput("ids", f"duplicate id {e!r} (row {n + j}); ids must be unique")
-                bulk.seen.add(e)
+            _check_unique(bulk, ids)
             iids, fresh = self._ids.resolve(ids)
             _assign(bulk.tx, iids, fresh, candidates)
             bulk.fresh.append((ids, iids, fresh))

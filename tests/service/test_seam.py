@@ -176,3 +176,29 @@ def test_every_shard_answer_pickles_and_a_bulk_write_goes_through_handles(tmp_pa
         assert b.search("c", [Query(k=3, metric="tri", vector=X[0])])[0].ids[0] == 0
     finally:
         b.close()
+
+
+def test_a_bulk_write_finds_duplicates_across_its_range_and_list_chunks(tmp_path, rng):
+    """Ranges of ids (`?start=`) are checked as ranges (no set of a Python int per row, issue 16),
+    against each other and against the ids of list chunks, in both orders; strings never clash."""
+    b = _coordinator(tmp_path)
+    try:
+        b.create_collection("c", CollectionConfig.create(4, ["euc"], []))
+        shard: CollectionShard = b._members["c"].shard
+        X = rng.normal(size=(40, 4)).astype(np.float32)
+        for first, second, dup, row in [(range(10), range(5, 15), 5, 10), (range(10, 20), range(12), 10, 20),
+                                        ([3, "x", 50], range(40, 52), 50, 13), (range(10), ["y", 9], 9, 11)]:
+            h = shard.bulk_begin()
+            shard.bulk_chunk(h, first, X[:len(first)], None)
+            with pytest.raises(InvalidInput, match=f"duplicate id {dup} \\(row {row}\\)"):
+                shard.bulk_chunk(h, second, X[:len(second)], None)
+        assert shard.points() == 0  # each failed bulk wrote nothing
+        h = shard.bulk_begin()
+        for part in (range(10), ["0", "a", 10], range(11, 20)):
+            shard.bulk_chunk(h, part, X[:len(part)], None)
+        w = shard.bulk_commit(h, keep=True)
+        assert shard.applied(w.operation_id) == "completed" and shard.points() == 22
+        found = shard.get_points([0, "0", 19, 20], with_vector=False, with_payload=False)
+        assert [p is not None for p in found] == [True, True, True, False]
+    finally:
+        b.close()
