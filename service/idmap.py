@@ -34,11 +34,13 @@ def _split(exts: Sequence[Ext]) -> tuple[Ids, Ids, list[int]]:
     """Positions of the integer ids in `exts`, those ids (int64), and the positions of the others."""
     if isinstance(exts, range) and exts.start >= 0 and (not exts or exts[-1] <= _I64_MAX):
         return np.arange(len(exts), dtype=np.int64), np.arange(exts.start, exts.stop, exts.step, dtype=np.int64), []
-    num = [r for r, e in enumerate(exts) if _numeric(e)]
-    rest = [] if len(num) == len(exts) else [r for r, e in enumerate(exts) if not _numeric(e)]
-    where = np.array(num, dtype=np.int64)
-    values = np.array([exts[r] for r in num], dtype=np.int64) if len(num) < len(exts) else np.array(exts, np.int64)
-    return where, values.reshape(-1), rest
+    num: list[int] = []
+    rest: list[int] = []
+    for r, e in enumerate(exts):
+        (num if _numeric(e) else rest).append(r)
+    if not rest:
+        return np.arange(len(exts), dtype=np.int64), np.array(exts, dtype=np.int64).reshape(-1), []
+    return np.array(num, dtype=np.int64), np.array([exts[r] for r in num], dtype=np.int64), rest
 
 
 class IdMap:
@@ -92,18 +94,23 @@ class IdMap:
         return out
 
     def iids(self, exts: Sequence[Ext]) -> list[int | None]:
-        found, _ = self.resolve(exts if isinstance(exts, (list, tuple, range)) else list(exts))
+        found = self._lookup(exts if isinstance(exts, (list, tuple, range)) else list(exts))
         return [i if i >= 0 else None for i in found.tolist()]
 
     def resolve(self, exts: Sequence[Ext]) -> tuple[Ids, list[int]]:
         """Internal ids for `exts` (existing ones kept) and the positions that need a fresh one."""
+        iids = self._lookup(exts)
+        return iids, np.flatnonzero(iids < 0).tolist()
+
+    def _lookup(self, exts: Sequence[Ext]) -> Ids:
+        """The iid of each of `exts`, -1 where it has none."""
         iids = np.full(len(exts), -1, dtype=np.int64)
         where, values, rest = _split(exts)
         if where.size:
             iids[where] = self._num_iid.get(values)
         for r in rest:
             iids[r] = self._iid.get(exts[r], -1)
-        return iids, np.flatnonzero(iids < 0).tolist()
+        return iids
 
     def bind(self, pairs: Iterable[tuple[Ext, int]]) -> None:
         """New points have committed: (ext, iid) pairs, each ext and each iid once."""

@@ -411,11 +411,6 @@ class Store:
         return int(row[0]) if row else 0
 
     @_guarded
-    def ext_ids(self, cid: int) -> list[tuple[int, Ext]]:
-        """(iid, ext) of every point of the collection."""
-        return self._reader().execute("SELECT iid, ext FROM points WHERE cid = ?", (cid,)).fetchall()
-
-    @_guarded
     def ext_id_arrays(self, cid: int) -> tuple[Ids, Ids, list[tuple[int, Ext]]]:
         """The collection's integer ids as arrays (iids, exts: int64 (n,) each), streamed without a
         Python tuple per point kept, and (iid, ext) of the other points (IdMap.of's arguments)."""
