@@ -51,8 +51,13 @@ Ids = npt.NDArray[np.int64]
 State = Literal["loading", "ready", "rebuilding", "failed"]
 WriteStatus = Literal["completed", "acknowledged", "rebuilding"]
 
-#: rows per IndexSet call when a bulk ingest or a rebuild is applied
+#: rows per IndexSet call when a bulk ingest is applied
 APPLY_CHUNK = 16384
+#: bytes of rows per SQLite read when a load or a rebuild reads the stored vectors. Each read's
+#: rows arrive as one bytes object per row plus their join; at 16,384 rows x 384 (25 MB a read) the
+#: server kept a 48 MB heap region with ~33 MB resident after 3 of 5 restarts, 0.2 x the rows' size
+#: beyond the table (issue 16, benchmarks/footprint.py); at 8 MiB a read it keeps none.
+LOAD_READ_BYTES = 8 * 2**20
 #: a bulk ingest up to this many bytes of rows is applied from memory; a larger one is read back from SQLite
 BULK_KEEP_BYTES = 256 * 1024 * 1024
 #: filters whose matching points a shard keeps, each valid until the shard's next write
@@ -329,6 +334,10 @@ class CollectionShard:
             return None
         return iset
 
+    def _load_chunk(self) -> int:
+        """Rows per SQLite read of a load or a rebuild: LOAD_READ_BYTES of float32 rows."""
+        return max(64, LOAD_READ_BYTES // (4 * self._config.dim))
+
     def _stored_rows(self, ids: Ids, seq: int) -> F32:
         """The rows of a lean snapshot's `ids` (taken at write `seq`), from SQLite: its one copy of
         each vector (issue 16). A row written after `seq` comes as it is now (the replay writes it
@@ -338,7 +347,7 @@ class CollectionShard:
         out = np.zeros((n, self._config.dim), dtype=np.float32)
         seen = np.zeros(n, dtype=bool)
         where = PositionMap.of(ids)  # each id's place in `ids`
-        for iids, X in self._store.rows(self.cid, chunk=APPLY_CHUNK):
+        for iids, X in self._store.rows(self.cid, chunk=self._load_chunk()):
             pos = where.get(iids)
             hit = pos >= 0
             out[pos[hit]], seen[pos[hit]] = X[hit], True
@@ -351,7 +360,7 @@ class CollectionShard:
         """Bring a snapshot up to SQLite: the deletes and writes after its sequence, then its indexes."""
         since = self._snapshot_seq = iset.last_seq
         iset.remove(self._store.deleted_after(self.cid, since), last_seq)
-        for iids, X in self._store.rows(self.cid, after=since, chunk=APPLY_CHUNK):
+        for iids, X in self._store.rows(self.cid, after=since, chunk=self._load_chunk()):
             iset.upsert(iids, X, last_seq)
         iset.remove(np.empty(0, np.int64), last_seq)  # last_seq even when nothing was replayed
         want = {s.key: s for s in ready}  # the snapshot holds exactly the ready indexes
@@ -367,7 +376,7 @@ class CollectionShard:
         """A fresh IndexSet from the points in SQLite up to write `upto`, with the `ready` indexes."""
         iset = IndexSet(self._config.dim)
         iset.reserve(self._store.count(self.cid))
-        for iids, X in self._store.rows(self.cid, upto=upto, chunk=APPLY_CHUNK):
+        for iids, X in self._store.rows(self.cid, upto=upto, chunk=self._load_chunk()):
             iset.upsert(iids, X, upto)
         iset.remove(np.empty(0, np.int64), upto)
         for spec in ready:
